@@ -1,0 +1,110 @@
+# Gravity build. GNU make; everything lands in $(BUILD) (build/ or build/asan/).
+#   make run     install deps, build, start every service (gravity up)
+#   make test    install deps, build, run the whole suite (normal build, then ASan+UBSan)
+#   make bench   load benchmarks (not part of make test)
+#   make fuzz    libFuzzer targets, FUZZ_SECONDS each (default 60)
+#   make check   format, banned-function and static checks
+
+SAN ?=
+ifeq ($(SAN),asan)
+CC       := clang
+BUILD    ?= build/asan
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+OPT      := -O1 -g
+else
+CC       ?= gcc
+BUILD    ?= build
+SANFLAGS :=
+OPT      := -O2 -g
+endif
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wpointer-arith -Wcast-qual -Wformat=2
+CFLAGS  := -std=c17 $(OPT) $(WARN) $(SANFLAGS) -D_GNU_SOURCE -pthread -Ilib/gr/include \
+           -I/usr/include/postgresql $(EXTRA_CFLAGS)
+LDFLAGS := $(SANFLAGS) -pthread
+LIBS    := -lmicrohttpd -ljansson -lsqlite3 -lpq -lcurl -lssl -lcrypto -lm
+PY      := /usr/bin/python3
+
+GR_SRC  := $(sort $(wildcard lib/gr/src/*.c))
+GR_OBJ  := $(GR_SRC:%.c=$(BUILD)/%.o)
+GR_LIB  := $(BUILD)/libgr.a
+
+SERVICES      := $(sort $(notdir $(patsubst %/,%,$(dir $(wildcard services/*/service.c)))))
+SERVICE_BINS  := $(SERVICES:%=$(BUILD)/bin/%)
+TOOLS         := $(basename $(notdir $(wildcard lib/gr/tools/*.c)))
+TOOL_BINS     := $(TOOLS:%=$(BUILD)/bin/%)
+UNIT_SRC      := $(wildcard lib/gr/tests/unit/test_*.c)
+UNIT_BINS     := $(UNIT_SRC:lib/gr/tests/unit/%.c=$(BUILD)/tests/%)
+GRAVITY_SRC   := $(wildcard cmd/gravity/*.c)
+
+.PHONY: all deps run test unit http bench fuzz check clean services tools
+.DEFAULT_GOAL := all
+
+all: $(GR_LIB) $(SERVICE_BINS) $(TOOL_BINS) $(UNIT_BINS) $(BUILD)/bin/gravity
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(GR_LIB): $(GR_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+# One rule for every service: its .c files plus the generated file that embeds its
+# migrations/*.sql and openapi.json (scripts/embed.py).
+define SERVICE_RULE
+$(BUILD)/gen/$(1)/embed.c: $(wildcard services/$(1)/migrations/*.sql) $(wildcard services/$(1)/openapi.json) scripts/embed.py
+	@mkdir -p $$(dir $$@)
+	$(PY) scripts/embed.py services/$(1) > $$@.tmp && mv $$@.tmp $$@
+$(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/%.o,$(wildcard services/$(1)/*.c)) $(BUILD)/gen/$(1)/embed.o $(GR_LIB)
+	@mkdir -p $$(dir $$@)
+	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS)
+endef
+$(foreach s,$(SERVICES),$(eval $(call SERVICE_RULE,$(s))))
+
+$(BUILD)/gen/%.o: $(BUILD)/gen/%.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/bin/%: $(BUILD)/lib/gr/tools/%.o $(GR_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/bin/gravity: $(GRAVITY_SRC:%.c=$(BUILD)/%.o) $(GR_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/lib/gr/tests/unit/%.o $(GR_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+
+services: $(SERVICE_BINS)
+tools: $(TOOL_BINS)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@exec $(BUILD)/bin/gravity up
+
+test: deps
+	@scripts/test.sh
+
+unit: all
+	@scripts/run-unit.sh $(BUILD)
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bench/run.sh
+
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+check:
+	@scripts/check.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

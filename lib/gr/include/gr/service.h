@@ -1,0 +1,65 @@
+/*
+ * gr/service.h - a service is one const struct gr_service, and main() is
+ *   int main(int argc, char **argv) { return gr_main(&product_service, argc, argv); }
+ *
+ * gr_main does the shared work (STYLE R18): configuration, logging, metrics, database and
+ * migrations, JWT keys, signals, the HTTP server with the platform routes (/health,
+ * /health/detailed, /ready, /metrics, /openapi.json) and graceful drain. `--describe` prints
+ * {"name","id","version","port"} for `gravity up`.
+ */
+#ifndef GR_SERVICE_H
+#define GR_SERVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "gr/config.h"
+#include "gr/cursor.h"
+#include "gr/db.h"
+#include "gr/router.h"
+
+struct gr_db;
+struct gr_auth;
+struct gr_metrics;
+
+struct gr_service {
+    const char *name;    /* "product-service" */
+    const char *id;      /* "17-product-service": folder, binary and data dir name */
+    const char *version; /* "0.1.0" */
+    int port;            /* seed port */
+    const struct gr_route *routes;
+    size_t nroutes;
+    const struct gr_migration *migrations; /* usually gr_svc_migrations (embedded) */
+    const char *openapi_json;               /* usually gr_svc_openapi_json (embedded) */
+    bool sqlite_sync_full;                  /* money, stock and order data */
+    /** Optional: builds the service state reached through req->app. */
+    int (*init)(struct gr_ctx *ctx, void **app);
+    /** Optional: releases it after the server stopped. */
+    void (*fini)(struct gr_ctx *ctx, void *app);
+};
+
+/* The running service, shared by all request threads (read-only after start-up). */
+struct gr_ctx {
+    const struct gr_service *svc;
+    struct gr_config cfg;
+    struct gr_db *db;
+    struct gr_auth *auth;
+    struct gr_metrics *metrics;
+    struct gr_cursor_key cursor_key;
+    void *app;
+};
+
+/* Embedded by scripts/embed.py from the service's migrations/ and openapi.json. */
+extern const struct gr_migration gr_svc_migrations[];
+extern const char gr_svc_openapi_json[];
+
+/** Runs the service until SIGTERM/SIGINT; returns the process exit status. */
+int gr_main(const struct gr_service *svc, int argc, char **argv);
+
+/**
+ * Begins a DB transaction on req->db and registers a rollback on the arena, for handlers that
+ * need one without GR_R_TX. Commit with gr_db_commit(req->db).
+ */
+GR_MUST_CHECK int gr_req_begin(struct gr_req *req);
+
+#endif

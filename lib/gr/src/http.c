@@ -1,0 +1,788 @@
+/*
+ * http.c - the request pipeline on libmicrohttpd (thread pool, synchronous handlers).
+ *
+ * libmicrohttpd calls on_request() at least twice per request: once when the headers are in
+ * (we route, check the declared body size, the token, the permission and the content type,
+ * and answer at once when any fails, so a refused body is never read), then with body chunks
+ * (copied into a buffer bounded by the route's limit), then once more at the end (we parse,
+ * run the handler, render). Requests without a body run on the first call. Everything a
+ * request allocates lives in its arena, released in on_completed() after the response went
+ * out, where the access log line and the metrics are written.
+ */
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include "gr/auth.h"
+#include "gr/db.h"
+#include "gr/id.h"
+#include "gr/json.h"
+#include "gr/log.h"
+#include "gr/time.h"
+#include "http_int.h"
+
+/*
+ * libmicrohttpd keeps the request line and headers in a per-connection pool (mmap'd, so
+ * untouched pages cost nothing). The pool is larger than the header limit we enforce, so an
+ * oversized header still reaches begin() and gets a problem+json 431; only beyond the pool
+ * does libmicrohttpd answer 431 by itself.
+ */
+#define POOL_LIMIT (160 * 1024)
+#define HEADER_LIMIT (32 * 1024)
+#define MAX_TOKEN 8192
+
+struct gr_server_route {
+    const struct gr_route *route;
+    const char *label;
+    struct gr_histogram *duration;
+    _Atomic(struct gr_counter *) by_status[600];
+};
+
+struct rstate {
+    struct gr_arena arena;
+    struct gr_req req;
+    struct gr_resp resp;
+    struct gr_principal principal;
+    struct gr_buf body;
+    size_t body_max;
+    bool body_too_big;
+    bool responded;
+    int status;
+    size_t bytes_out;
+    int64_t start_ns;
+    size_t rm_index;
+};
+
+/* ---- request accessors --------------------------------------------------------------------- */
+
+const char *gr_req_param(const struct gr_req *req, const char *name)
+{
+    for (size_t i = 0; i < req->nparams; i++) {
+        if (strcmp(req->params[i].key, name) == 0)
+            return req->params[i].value;
+    }
+    return NULL;
+}
+
+const char *gr_req_query(const struct gr_req *req, const char *name)
+{
+    for (size_t i = 0; i < req->nquery; i++) {
+        if (strcmp(req->query[i].key, name) == 0)
+            return req->query[i].value;
+    }
+    return NULL;
+}
+
+const char *gr_req_header(const struct gr_req *req, const char *name)
+{
+    return req->conn ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name) : NULL;
+}
+
+int gr_req_query_int(struct gr_req *req, struct gr_resp *resp, const char *name, long long min,
+                     long long max, long long *out, bool *present)
+{
+    const char *v = gr_req_query(req, name);
+    char field[80];
+    long long x = 0;
+    size_t i = 0;
+    bool neg = false;
+
+    if (present)
+        *present = v != NULL;
+    if (!v)
+        return 0;
+    snprintf(field, sizeof(field), "query.%s", name);
+    if (v[0] == '-') {
+        neg = true;
+        i = 1;
+    }
+    if (v[i] == '\0' || strlen(v + i) > 18)
+        goto bad;
+    for (; v[i]; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            goto bad;
+        x = x * 10 + (v[i] - '0');
+    }
+    if (neg)
+        x = -x;
+    if (x < min || x > max)
+        goto bad;
+    *out = x;
+    return 0;
+bad:
+    gr_resp_field_error(req, resp, field, "must be an integer in %lld..%lld", min, max);
+    return GR_EVALID;
+}
+
+int gr_req_limit(struct gr_req *req, struct gr_resp *resp, int *limit)
+{
+    long long x = 20;
+    int rc = gr_req_query_int(req, resp, "limit", 1, 100, &x, NULL);
+
+    if (rc < 0)
+        return rc;
+    *limit = (int)x;
+    return 0;
+}
+
+bool gr_req_can(const struct gr_req *req, const char *perm)
+{
+    return req->principal && gr_principal_can(req->principal, perm);
+}
+
+/* ---- response helpers ---------------------------------------------------------------------- */
+
+void gr_resp_json(struct gr_resp *resp, int status, json_t *body)
+{
+    resp->status = status;
+    resp->json = body;
+}
+
+void gr_resp_header(struct gr_req *req, struct gr_resp *resp, const char *name, const char *value)
+{
+    if (resp->nheaders >= GR_RESP_MAX_HEADERS)
+        GR_BUG("too many response headers");
+    resp->headers[resp->nheaders].name = gr_arena_strdup(req->arena, name);
+    resp->headers[resp->nheaders].value = gr_arena_strdup(req->arena, value);
+    resp->nheaders++;
+}
+
+int gr_resp_problem(struct gr_req *req, struct gr_resp *resp, int code, const char *type,
+                    const char *fmt, ...)
+{
+    va_list ap;
+
+    resp->type = type;
+    if (fmt) {
+        va_start(ap, fmt);
+        resp->detail = gr_arena_vprintf(req->arena, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+void gr_resp_field_error(struct gr_req *req, struct gr_resp *resp, const char *field,
+                         const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+
+    va_start(ap, fmt);
+    msg = gr_arena_vprintf(req->arena, fmt, ap);
+    va_end(ap);
+    gr_errs_add(&resp->errs, req->arena, field, "%s", msg);
+}
+
+/* ---- rendering ----------------------------------------------------------------------------- */
+
+static json_t *problem_body(struct rstate *st, int code)
+{
+    struct gr_resp *resp = &st->resp;
+    int status = gr_err_http_status(code);
+    json_t *p = json_object(), *errs = json_array();
+    char type[128];
+
+    snprintf(type, sizeof(type), "urn:gravity:problem:%s",
+             resp->type && status < 500 ? resp->type : gr_err_name(code));
+    json_object_set_new(p, "type", json_string(type));
+    json_object_set_new(p, "title", json_string(gr_strerror(code)));
+    json_object_set_new(p, "status", json_integer(status));
+    if (resp->detail && status < 500)
+        json_object_set_new(p, "detail", json_string(resp->detail));
+    json_object_set_new(p, "instance", json_string(st->req.path ? st->req.path : "/"));
+    if (st->req.request_id)
+        json_object_set_new(p, "request_id", json_string(st->req.request_id));
+    for (size_t i = 0; i < resp->errs.n && status < 500; i++) {
+        json_t *e = json_object();
+
+        json_object_set_new(e, "field", json_string(resp->errs.items[i].field));
+        json_object_set_new(e, "message", json_string(resp->errs.items[i].message));
+        json_array_append_new(errs, e);
+    }
+    json_object_set_new(p, "errors", errs);
+    return p;
+}
+
+static enum MHD_Result reply(struct gr_server *srv, struct rstate *st, struct MHD_Connection *conn,
+                            int code)
+{
+    struct gr_resp *resp = &st->resp;
+    struct MHD_Response *r;
+    const char *ctype = resp->content_type;
+    char *body = NULL;
+    size_t len = 0;
+    int status;
+    enum MHD_Result ret;
+
+    (void)srv;
+    if (code < 0) {
+        status = gr_err_http_status(code);
+        if (status >= 500)
+            gr_log(GR_LOG_ERROR, "request failed", "code", gr_err_name(code), "request_id",
+                   st->req.request_id, "route", st->req.route ? st->req.route->pattern : NULL,
+                   (char *)NULL);
+        if (resp->json)
+            json_decref(resp->json);
+        resp->json = problem_body(st, code);
+        ctype = "application/problem+json";
+        resp->body = NULL;
+    } else {
+        status = resp->status ? resp->status : 200;
+    }
+    if (resp->json) {
+        body = json_dumps(resp->json, JSON_COMPACT);
+        if (!body)
+            GR_BUG("json_dumps failed");
+        len = strlen(body);
+        json_decref(resp->json);
+        resp->json = NULL;
+        if (!ctype)
+            ctype = "application/json";
+        r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    } else if (resp->body) {
+        len = resp->body_len;
+        r = MHD_create_response_from_buffer(len, (void *)(uintptr_t)resp->body,
+                                            MHD_RESPMEM_MUST_COPY);
+    } else {
+        r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    }
+    if (!r)
+        GR_BUG("cannot create response");
+    if (ctype && len)
+        MHD_add_response_header(r, "Content-Type", ctype);
+    if (st->req.request_id)
+        MHD_add_response_header(r, "X-Request-Id", st->req.request_id);
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    if (code == GR_EUNAUTH)
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+    for (size_t i = 0; i < resp->nheaders; i++)
+        MHD_add_response_header(r, resp->headers[i].name, resp->headers[i].value);
+    if (st->body_too_big || (code < 0 && status == 413))
+        MHD_add_response_header(r, "Connection", "close");
+    ret = MHD_queue_response(conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    st->responded = true;
+    st->status = status;
+    st->bytes_out = len;
+    return ret;
+}
+
+/* ---- pipeline stages ----------------------------------------------------------------------- */
+
+static bool valid_request_id(const char *s)
+{
+    size_t n = 0;
+
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (n >= 128 || !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                          (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return n > 0;
+}
+
+static size_t route_index(const struct gr_server *srv, const struct gr_route *rt)
+{
+    size_t base = 0;
+
+    for (size_t t = 0; rt && t < srv->ntables; t++) {
+        if (rt >= srv->tables[t] && rt < srv->tables[t] + srv->counts[t])
+            return base + (size_t)(rt - srv->tables[t]);
+        base += srv->counts[t];
+    }
+    return srv->nrm - 1;
+}
+
+static int authenticate(struct gr_server *srv, struct rstate *st)
+{
+    const struct gr_route *rt = st->req.route;
+    const char *h = gr_req_header(&st->req, "Authorization");
+    bool need = (rt->flags & GR_R_AUTH) || rt->perm;
+    const char *tok;
+    int rc;
+
+    if (!h) {
+        if (need)
+            return gr_resp_problem(&st->req, &st->resp, GR_EUNAUTH, NULL,
+                                   "a bearer token is required");
+        return 0;
+    }
+    if (strncasecmp(h, "Bearer ", 7) != 0)
+        return gr_resp_problem(&st->req, &st->resp, GR_EUNAUTH, NULL,
+                               "the Authorization header must use the Bearer scheme");
+    tok = h + 7;
+    while (*tok == ' ')
+        tok++;
+    if (!srv->ctx->auth || strlen(tok) > MAX_TOKEN)
+        return gr_resp_problem(&st->req, &st->resp, GR_EUNAUTH, NULL, "invalid token");
+    rc = gr_auth_verify(srv->ctx->auth, &st->arena, tok, strlen(tok), &st->principal);
+    if (rc < 0) {
+        /* An unreachable JWKS is still "we cannot trust this token": 401, never 5xx. */
+        return gr_resp_problem(&st->req, &st->resp, GR_EUNAUTH, NULL, "invalid or expired token");
+    }
+    st->req.principal = &st->principal;
+    if (rt->perm && !gr_principal_can(&st->principal, rt->perm))
+        return gr_resp_problem(&st->req, &st->resp, GR_EFORBIDDEN, NULL,
+                               "permission '%s' is required", rt->perm);
+    return 0;
+}
+
+static bool media_ok(const char *ct, const char *method)
+{
+    size_t n;
+
+    if (!ct)
+        return false;
+    n = strcspn(ct, ";");
+    while (n > 0 && ct[n - 1] == ' ')
+        n--;
+    if (n == 16 && strncasecmp(ct, "application/json", 16) == 0)
+        return true;
+    return strcmp(method, "PATCH") == 0 && n == 28 &&
+           strncasecmp(ct, "application/merge-patch+json", 28) == 0;
+}
+
+struct qctx {
+    struct rstate *st;
+    int rc;
+};
+
+static enum MHD_Result collect_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    struct qctx *q = cls;
+    struct gr_req *req = &q->st->req;
+    const char *k, *v;
+
+    (void)kind;
+    if (q->rc < 0)
+        return MHD_NO;
+    if (req->nquery >= GR_REQ_MAX_QUERY) {
+        q->rc = gr_resp_problem(req, &q->st->resp, GR_EINVAL, NULL, "too many query parameters");
+        return MHD_NO;
+    }
+    if (gr_url_decode(req->arena, key, strlen(key), false, &k) < 0 ||
+        gr_url_decode(req->arena, value ? value : "", value ? strlen(value) : 0, false, &v) < 0) {
+        q->rc = gr_resp_problem(req, &q->st->resp, GR_EINVAL, NULL,
+                                "malformed percent-encoding in the query string");
+        return MHD_NO;
+    }
+    req->query[req->nquery].key = k;
+    req->query[req->nquery].value = v;
+    req->nquery++;
+    return MHD_YES;
+}
+
+static bool query_allowed(const char *list, const char *key)
+{
+    size_t klen = strlen(key);
+
+    while (list && *list) {
+        size_t n = strcspn(list, ",");
+        if (n == klen && strncmp(list, key, n) == 0)
+            return true;
+        list += n;
+        if (*list == ',')
+            list++;
+    }
+    return false;
+}
+
+static int check_query(struct rstate *st, struct MHD_Connection *conn)
+{
+    struct qctx q = {st, 0};
+    struct gr_req *req = &st->req;
+
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, &q);
+    if (q.rc < 0)
+        return q.rc;
+    for (size_t i = 0; i < req->nquery; i++) {
+        char field[96];
+
+        snprintf(field, sizeof(field), "query.%.80s", req->query[i].key);
+        if (!query_allowed(req->route->query, req->query[i].key)) {
+            gr_resp_field_error(req, &st->resp, field, "unknown query parameter");
+            continue;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(req->query[j].key, req->query[i].key) == 0) {
+                gr_resp_field_error(req, &st->resp, field, "given more than once");
+                break;
+            }
+        }
+    }
+    return st->resp.errs.n ? GR_EVALID : 0;
+}
+
+static enum MHD_Result sum_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    size_t *n = cls;
+
+    (void)kind;
+    *n += strlen(key) + (value ? strlen(value) : 0) + 4;
+    return MHD_YES;
+}
+
+/* Headers are in: route, size, auth, media type. Returns 0 to go on, or a code to answer. */
+static int begin(struct gr_server *srv, struct rstate *st, struct MHD_Connection *conn,
+                 const char *url, const char *method)
+{
+    struct gr_req *req = &st->req;
+    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    const char *cl, *allow = NULL, *te;
+    char idbuf[GR_ID_LEN];
+    size_t hdr_bytes = strlen(url);
+    int rc;
+
+    if (rid && valid_request_id(rid)) {
+        req->request_id = rid;
+    } else {
+        gr_id_new(idbuf);
+        req->request_id = gr_arena_strdup(&st->arena, idbuf);
+    }
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, sum_header, &hdr_bytes);
+    if (hdr_bytes > HEADER_LIMIT)
+        return gr_resp_problem(req, &st->resp, GR_EHDRTOOBIG, NULL,
+                               "the request line and headers exceed %d bytes", HEADER_LIMIT);
+    rc = gr_router_match(srv->router, &st->arena, method, url, &req->route, req->params,
+                         &req->nparams, &allow);
+    if (rc == GR_EMETHOD) {
+        gr_resp_header(req, &st->resp, "Allow", allow);
+        return gr_resp_problem(req, &st->resp, rc, NULL, "method %s is not allowed here",
+                               method);
+    }
+    if (rc == GR_ENOTFOUND)
+        return gr_resp_problem(req, &st->resp, rc, NULL, "no such resource");
+    if (rc < 0)
+        return gr_resp_problem(req, &st->resp, rc, NULL, "malformed path");
+    st->rm_index = route_index(srv, req->route);
+    if (srv->ctx->svc->routes && !(req->route->flags & GR_R_INTERNAL) &&
+        atomic_load(&srv->draining))
+        return gr_resp_problem(req, &st->resp, GR_EUNAVAIL, NULL, "shutting down");
+    st->body_max = req->route->body_max ? req->route->body_max : srv->ctx->cfg.http_max_body;
+    cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    if (cl) {
+        char *end;
+        unsigned long long n = strtoull(cl, &end, 10);
+
+        if (end == cl || *end != '\0')
+            return gr_resp_problem(req, &st->resp, GR_EINVAL, NULL, "bad Content-Length");
+        if (n > st->body_max)
+            return gr_resp_problem(req, &st->resp, GR_ETOOBIG, NULL,
+                                   "the body exceeds %zu bytes", st->body_max);
+    }
+    rc = authenticate(srv, st);
+    if (rc < 0)
+        return rc;
+    te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    if ((req->route->flags & GR_R_JSON) &&
+        !media_ok(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type"), method))
+        return gr_resp_problem(req, &st->resp, GR_EMEDIA, NULL,
+                               strcmp(method, "PATCH") == 0
+                                   ? "use application/json or application/merge-patch+json"
+                                   : "use application/json");
+    (void)te;
+    return 0;
+}
+
+static void rollback_cb(void *p)
+{
+    struct gr_db_conn *c = p;
+
+    if (gr_db_in_tx(c))
+        (void)gr_db_rollback(c);
+}
+
+int gr_req_begin(struct gr_req *req)
+{
+    int rc;
+
+    if (!req->db)
+        return GR_EUNAVAIL;
+    rc = gr_db_begin(req->db);
+    if (rc < 0)
+        return rc;
+    gr_arena_defer(req->arena, rollback_cb, req->db);
+    return 0;
+}
+
+/* Body is in: query, JSON, DB, transaction, handler. */
+static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *conn)
+{
+    struct gr_req *req = &st->req;
+    int rc;
+
+    if (st->body_too_big)
+        return gr_resp_problem(req, &st->resp, GR_ETOOBIG, NULL, "the body exceeds %zu bytes",
+                               st->body_max);
+    rc = check_query(st, conn);
+    if (rc < 0)
+        return rc;
+    req->body.ptr = gr_buf_cstr(&st->body);
+    req->body.len = st->body.len;
+    if (req->route->flags & GR_R_JSON) {
+        if (req->body.len == 0)
+            return gr_resp_problem(req, &st->resp, GR_EINVAL, NULL, "a JSON body is required");
+        rc = gr_json_parse(&st->arena, req->body.ptr, req->body.len, &req->json, &st->resp.errs);
+        if (rc < 0)
+            return gr_resp_problem(req, &st->resp, rc, NULL,
+                                   rc == GR_EINVAL ? "the body is not valid JSON"
+                                                   : "the body has invalid values");
+    }
+    if (srv->ctx->db && !(req->route->flags & GR_R_INTERNAL)) {
+        rc = gr_db_conn(srv->ctx->db, &req->db);
+        if (rc < 0)
+            return rc;
+    }
+    if (req->route->flags & GR_R_TX) {
+        rc = gr_req_begin(req);
+        if (rc < 0)
+            return rc;
+    }
+    rc = req->route->handler(req, &st->resp);
+    if (rc == 0 && st->resp.status >= 400)
+        rc = gr_err_from_http_status(st->resp.status);
+    if ((req->route->flags & GR_R_TX) && req->db && gr_db_in_tx(req->db)) {
+        if (rc == 0)
+            rc = gr_db_commit(req->db);
+        else
+            (void)gr_db_rollback(req->db);
+    }
+    return rc;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct gr_server *srv = cls;
+    struct rstate *st = *con_cls;
+    int rc;
+
+    (void)version;
+    if (!st) {
+        const char *cl, *te;
+
+        st = gr_xcalloc(1, sizeof(*st));
+        *con_cls = st;
+        atomic_fetch_add(&srv->inflight, 1);
+        st->start_ns = gr_time_mono_ns();
+        gr_arena_init(&st->arena);
+        st->req.arena = &st->arena;
+        st->req.ctx = srv->ctx;
+        st->req.app = srv->ctx->app;
+        st->req.method = method;
+        st->req.path = gr_arena_strdup(&st->arena, url);
+        st->req.conn = conn;
+        st->rm_index = srv->nrm - 1;
+        rc = begin(srv, st, conn, url, method);
+        if (rc < 0)
+            return reply(srv, st, conn, rc);
+        gr_buf_init(&st->body, st->body_max);
+        cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
+        if ((cl && strcmp(cl, "0") != 0) || te)
+            return MHD_YES; /* wait for the body */
+        return reply(srv, st, conn, run(srv, st, conn));
+    }
+    if (*upload_data_size) {
+        if (!st->responded && !st->body_too_big &&
+            gr_buf_append(&st->body, upload_data, *upload_data_size) < 0) {
+            st->body_too_big = true;
+            gr_buf_release(&st->body);
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (st->responded)
+        return MHD_YES;
+    return reply(srv, st, conn, run(srv, st, conn));
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct gr_server *srv = cls;
+    struct rstate *st = *con_cls;
+    struct gr_server_route *rm;
+    double secs;
+    int status;
+
+    (void)conn;
+    if (!st)
+        return;
+    *con_cls = NULL;
+    status = st->responded ? st->status : 499; /* client went away before we answered */
+    secs = (double)(gr_time_mono_ns() - st->start_ns) / 1e9;
+    rm = &srv->rm[st->rm_index];
+    if (status >= 100 && status < 600) {
+        struct gr_counter *c = atomic_load(&rm->by_status[status]);
+
+        if (!c) {
+            char sbuf[8];
+            snprintf(sbuf, sizeof(sbuf), "%d", status);
+            c = gr_metrics_counter(srv->ctx->metrics, "http_requests_total",
+                                   "HTTP requests by method, route and status",
+                                   (const char *const[]){"method", st->req.route ? st->req.route->method : "other",
+                                                         "route", rm->label, "status", sbuf, NULL});
+            atomic_store(&rm->by_status[status], c);
+        }
+        gr_counter_add(c, 1);
+    }
+    if (rm->duration)
+        gr_histogram_observe(rm->duration, secs);
+    if (gr_log_enabled(st->req.route && (st->req.route->flags & GR_R_INTERNAL) ? GR_LOG_DEBUG
+                                                                              : GR_LOG_INFO)) {
+        struct gr_buf b = GR_BUF_INIT;
+
+        gr_buf_init(&b, 4096);
+        gr_buf_puts(&b, "\"method\":");
+        gr_buf_json_str(&b, st->req.method, strlen(st->req.method));
+        gr_buf_puts(&b, ",\"path\":");
+        gr_buf_json_str(&b, st->req.path, strnlen(st->req.path, 512));
+        gr_buf_printf(&b, ",\"route\":\"%s\",\"status\":%d,\"duration_ms\":%.3f,\"bytes_in\":%zu,"
+                          "\"bytes_out\":%zu,\"request_id\":",
+                      rm->label, status, secs * 1000, st->req.body.len, st->bytes_out);
+        gr_buf_json_str(&b, st->req.request_id ? st->req.request_id : "",
+                        st->req.request_id ? strlen(st->req.request_id) : 0);
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            gr_buf_printf(&b, ",\"terminated\":%d", (int)toe);
+        gr_log_raw(st->req.route && (st->req.route->flags & GR_R_INTERNAL) ? GR_LOG_DEBUG
+                                                                           : GR_LOG_INFO,
+                   "request", gr_buf_cstr(&b));
+        gr_buf_release(&b);
+    }
+    if (st->resp.json)
+        json_decref(st->resp.json);
+    gr_arena_release(&st->arena);
+    gr_buf_release(&st->body);
+    gr_free(st);
+    if (atomic_fetch_sub(&srv->inflight, 1) == 1) {
+        pthread_mutex_lock(&srv->idle_mu);
+        pthread_cond_broadcast(&srv->idle_cv);
+        pthread_mutex_unlock(&srv->idle_mu);
+    }
+}
+
+/* Keep the raw path: the router decodes segments itself and rejects encoded separators. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    return strlen(s);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    gr_log(GR_LOG_DEBUG, "libmicrohttpd", "detail", msg, (char *)NULL);
+}
+
+void gr_http__init_metrics(struct gr_server *srv)
+{
+    size_t total = 0, k = 0;
+
+    for (size_t t = 0; t < srv->ntables; t++)
+        total += srv->counts[t];
+    srv->nrm = total + 1;
+    srv->rm = gr_xcalloc(srv->nrm, sizeof(*srv->rm));
+    for (size_t t = 0; t < srv->ntables; t++) {
+        for (size_t i = 0; i < srv->counts[t]; i++, k++) {
+            srv->rm[k].route = &srv->tables[t][i];
+            srv->rm[k].label = srv->tables[t][i].pattern;
+        }
+    }
+    srv->rm[total].label = "unmatched";
+    for (size_t i = 0; i < srv->nrm; i++) {
+        srv->rm[i].duration = gr_metrics_histogram(
+            srv->ctx->metrics, "http_request_duration_seconds", "HTTP request latency",
+            (const char *const[]){"route", srv->rm[i].label, NULL}, NULL, 0);
+    }
+    pthread_mutex_init(&srv->idle_mu, NULL);
+    pthread_cond_init(&srv->idle_cv, NULL);
+}
+
+int gr_http__start(struct gr_server *srv)
+{
+    const struct gr_config *cfg = &srv->ctx->cfg;
+    struct sockaddr_in sa;
+    const union MHD_DaemonInfo *info;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)cfg->port);
+    if (inet_pton(AF_INET, cfg->host, &sa.sin_addr) != 1) {
+        gr_log_error("HOST is not an IPv4 address", "host", cfg->host);
+        return GR_ECONFIG;
+    }
+    srv->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
+            MHD_USE_TURBO,
+        (uint16_t)cfg->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &sa,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)POOL_LIMIT,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        (unsigned)1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        NULL, MHD_OPTION_END);
+    if (!srv->daemon) {
+        gr_log_error("cannot listen", "host", cfg->host);
+        return GR_EIO;
+    }
+    info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = info ? info->port : cfg->port;
+    return 0;
+}
+
+void gr_http__drain(struct gr_server *srv, int timeout_ms)
+{
+    struct timespec deadline;
+
+    if (!srv->daemon)
+        return;
+    atomic_store(&srv->draining, true);
+    atomic_store(&srv->ready, false);
+    {
+        MHD_socket fd = MHD_quiesce_daemon(srv->daemon);
+        if (fd != MHD_INVALID_SOCKET)
+            close(fd);
+    }
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&srv->idle_mu);
+    while (atomic_load(&srv->inflight) > 0) {
+        if (pthread_cond_timedwait(&srv->idle_cv, &srv->idle_mu, &deadline) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&srv->idle_mu);
+    if (atomic_load(&srv->inflight) > 0)
+        gr_log_warn("drain deadline passed with requests in flight");
+    MHD_stop_daemon(srv->daemon);
+    srv->daemon = NULL;
+}
+
+void gr_http__release(struct gr_server *srv)
+{
+    gr_free(srv->rm);
+    srv->rm = NULL;
+    pthread_mutex_destroy(&srv->idle_mu);
+    pthread_cond_destroy(&srv->idle_cv);
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# deps.sh - installs the Debian packages the build, the tests and `make run` need, skipping
+# those already present. Runs as root on a fresh Debian 12 (no sudo, no systemd needed).
+set -euo pipefail
+
+PKGS=(
+    build-essential clang libclang-rt-14-dev pkg-config
+    libmicrohttpd-dev libjansson-dev libsqlite3-dev sqlite3 libpq-dev libcurl4-openssl-dev
+    libssl-dev libcmocka-dev
+    postgresql postgresql-client
+    python3 python3-jwt python3-cryptography
+    wrk nginx curl procps
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${missing[@]}" >/tmp/gravity-apt.log 2>&1; then
+        apt-get update >>/tmp/gravity-apt.log 2>&1
+        apt-get install -y --no-install-recommends "${missing[@]}" >>/tmp/gravity-apt.log 2>&1 ||
+            { echo "deps: apt-get failed, see /tmp/gravity-apt.log" >&2; tail -20 /tmp/gravity-apt.log >&2; exit 1; }
+    fi
+    echo "deps: done" >&2
+fi
