@@ -40,7 +40,7 @@ char *gr_arena_strdup(struct gr_arena *a, const char *s);
 char *gr_arena_strndup(struct gr_arena *a, const char *s, size_t n);
 /** printf into the arena. */
 char *gr_arena_printf(struct gr_arena *a, const char *fmt, ...) GR_PRINTF(2, 3);
-char *gr_arena_vprintf(struct gr_arena *a, const char *fmt, va_list ap);
+char *gr_arena_vprintf(struct gr_arena *a, const char *fmt, va_list ap) GR_PRINTF(2, 0);
 
 /** Registers @fn(@arg) to run when the arena is released (LIFO). */
 void gr_arena_defer(struct gr_arena *a, void (*fn)(void *), void *arg);

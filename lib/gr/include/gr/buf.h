@@ -57,7 +57,7 @@ int gr_buf_append(struct gr_buf *b, const void *p, size_t n);
 int gr_buf_puts(struct gr_buf *b, const char *s);
 int gr_buf_putc(struct gr_buf *b, char c);
 int gr_buf_printf(struct gr_buf *b, const char *fmt, ...) GR_PRINTF(2, 3);
-int gr_buf_vprintf(struct gr_buf *b, const char *fmt, va_list ap);
+int gr_buf_vprintf(struct gr_buf *b, const char *fmt, va_list ap) GR_PRINTF(2, 0);
 /** Appends @s as a JSON string literal with quotes (valid UTF-8 assumed). */
 int gr_buf_json_str(struct gr_buf *b, const char *s, size_t n);
 /** Hands the contents to the caller (caller frees with gr_free) and re-inits @b. */

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# run-suite.sh BUILD_DIR - runs every test against one build: gr unit tests (SQLite, and
+# PostgreSQL through GR_TEST_PG_URL), the gravity supervisor test, and every service's
+# black-box HTTP cases on SQLite and on a real PostgreSQL that this script starts and stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${1:?usage: run-suite.sh BUILD_DIR}
+B=$(cd "$B" && pwd)
+PY=/usr/bin/python3
+
+tmp=$(mktemp -d /tmp/gravity-test.XXXXXX)
+chmod 755 "$tmp"
+cleanup() { scripts/pg.sh stop "$tmp/pg" >/dev/null 2>&1 || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/scripts/lsan.supp:print_suppressions=0}
+
+echo "-- starting PostgreSQL"
+pg_url=$(scripts/pg.sh start "$tmp/pg")
+export GR_TEST_PG_URL=$pg_url
+
+failed=()
+run() { # name, command...
+    local name=$1; shift
+    echo "-- $name"
+    if "$@"; then echo "ok: $name"; else echo "FAILED: $name"; failed+=("$name"); fi
+}
+
+for t in "$B"/tests/test_*; do
+    [ -x "$t" ] || continue
+    run "unit $(basename "$t")" "$t"
+done
+
+if [ -x tests/gravity/test-up.sh ]; then
+    run "gravity up" tests/gravity/test-up.sh "$B"
+fi
+
+for dir in services/*/tests/http; do
+    [ -d "$dir" ] || continue
+    svc=$(basename "$(dirname "$(dirname "$dir")")")
+    for engine in sqlite pg; do
+        run "$svc http ($engine)" "$PY" lib/gr/tests/http/runner.py --bin "$B/bin/$svc" \
+            --jwt-tool "$B/bin/gr-jwt" --engine "$engine" --pg-url "$pg_url" -j 2 "$dir"
+    done
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED in $B: ${failed[*]}"
+    exit 1
+fi
+echo "all suites passed in $B"

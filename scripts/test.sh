@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# test.sh - the whole suite, as `make test` and CI run it: a normal build, then the same
+# suite built with ASan+UBSan (clang, -fno-sanitize-recover). Stops at the first red stage.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs=$(nproc 2>/dev/null || echo 2)
+start=$(date +%s)
+
+echo "== build (gcc)"
+make --no-print-directory -j"$jobs" all
+scripts/run-suite.sh build
+
+echo "== build (clang, ASan+UBSan)"
+make --no-print-directory -j"$jobs" SAN=asan all
+scripts/run-suite.sh build/asan
+
+echo "== make test: all green in $(( $(date +%s) - start ))s"
