@@ -8,7 +8,7 @@ PKGS=(
     libmicrohttpd-dev libjansson-dev libsqlite3-dev sqlite3 libpq-dev libcurl4-openssl-dev
     libssl-dev libcmocka-dev
     postgresql postgresql-client
-    python3 python3-jwt python3-cryptography
+    python3 python3-jwt python3-cryptography python3-prometheus-client
     wrk nginx curl procps
 )
 
