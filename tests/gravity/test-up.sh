@@ -1,0 +1,306 @@
+#!/bin/bash
+# test-up.sh - black-box tests of the gravity command (up, status, logs, run) against fake
+# services (tests/gravity/fake-service.sh installed as NN-name in a temporary bin directory).
+#
+#   tests/gravity/test-up.sh               uses build/bin/gravity
+#   tests/gravity/test-up.sh BUILD_DIR     uses BUILD_DIR/bin/gravity (scripts/run-suite.sh)
+#   GRAVITY=/path/to/gravity tests/gravity/test-up.sh
+#
+# Every wait polls a condition against a deadline. Every process started here is stopped by
+# PID at exit. Ends with "N passed, N failed"; exits 1 when anything failed.
+set -u
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+if [ -z "${GRAVITY:-}" ]; then
+    GRAVITY=${1:-$ROOT/build}/bin/gravity
+fi
+if [ ! -x "$GRAVITY" ]; then
+    echo "test-up: no gravity binary at '$GRAVITY'" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+PY=/usr/bin/python3
+PASS=0
+FAIL=0
+PIDS=()
+
+T=$(mktemp -d /tmp/gravity-test.XXXXXX)
+BIN=$T/bin
+export GRAVITY_BIN_DIR=$BIN
+export GRAVITY_DATA=$T/data
+STATE=$GRAVITY_DATA/gravity.state
+
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do
+        kill -9 "$p" 2>/dev/null
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null
+    done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+ok() {
+    PASS=$((PASS + 1))
+    echo "ok   - $1"
+}
+fail() {
+    FAIL=$((FAIL + 1))
+    echo "FAIL - $1"
+}
+check() { # check "description" command...
+    local what=$1
+    shift
+    if "$@"; then ok "$what"; else fail "$what"; fi
+}
+
+# wait_until SECONDS command...: polls the command every 50 ms until it succeeds.
+wait_until() {
+    local secs=$1
+    shift
+    local end=$((SECONDS + secs + 1))
+    while ((SECONDS < end)); do
+        if "$@"; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# A JSON value from the state file: state_get 'services[0]["pid"]'.
+state_get() {
+    $PY -c 'import json,sys; s=json.load(open(sys.argv[1])); print(eval("s"+sys.argv[2]))' \
+        "$STATE" "$1" 2>/dev/null
+}
+svc_pid() { # svc_pid ID
+    $PY -c 'import json,sys
+s=json.load(open(sys.argv[1]))
+print(next(v["pid"] for v in s["services"] if v["id"]==sys.argv[2]))' "$STATE" "$1" 2>/dev/null
+}
+svc_field() { # svc_field ID FIELD
+    $PY -c 'import json,sys
+s=json.load(open(sys.argv[1]))
+print(next(v[sys.argv[3]] for v in s["services"] if v["id"]==sys.argv[2]))' "$STATE" "$1" "$2" 2>/dev/null
+}
+http_code() {
+    curl -s -o /dev/null -w '%{http_code}' --noproxy '*' -m 2 "$1"
+}
+is_ready() { [ "$(http_code "http://127.0.0.1:$1/ready")" = 200 ]; }
+alive() { kill -0 "$1" 2>/dev/null; }
+dead() { ! kill -0 "$1" 2>/dev/null; }
+# Whether PID is a zombie or gone (a zombie's parent has not reaped it yet).
+gone() { ! alive "$1" || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+new_pid() { # new_pid ID OLD: the state shows a running pid other than OLD
+    local p
+    p=$(svc_pid "$1")
+    [ -n "$p" ] && [ "$p" != 0 ] && [ "$p" != "$2" ]
+}
+restarts_at_least() { # restarts_at_least ID N
+    local r
+    r=$(svc_field "$1" restarts)
+    [ -n "$r" ] && [ "$r" -ge "$2" ]
+}
+file_has() { grep -q -- "$2" "$1" 2>/dev/null; }
+no_file() { [ ! -e "$1" ]; }
+
+# Free ports: an offset such that 8097..8099 + offset are all free.
+OFFSET=$($PY - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randint(20000, 60000)
+    socks = []
+    try:
+        for p in (base + 97, base + 98, base + 99):
+            s = socket.socket()
+            s.bind(("127.0.0.1", p))
+            socks.append(s)
+        print(base - 8000)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+PY
+)
+export GRAVITY_PORT_OFFSET=$OFFSET
+PA=$((8098 + OFFSET))
+PB=$((8099 + OFFSET))
+
+mkdir -p "$BIN"
+ln -s "$HERE/fake-service.sh" "$BIN/98-fake-alpha"
+ln -s "$HERE/fake-service.sh" "$BIN/99-fake-beta"
+printf '#!/bin/sh\nexit 0\n' >"$BIN/50-not-executable"
+cp "$GRAVITY" "$BIN/gravity" # gravity must ignore itself and non-executables
+echo "# gravity: $GRAVITY, data: $T, ports $PA $PB"
+
+# ---- help, usage, not running --------------------------------------------------------------
+"$GRAVITY" help >"$T/help.out"
+check "help exits 0 and prints usage" file_has "$T/help.out" "usage: gravity"
+"$GRAVITY" >/dev/null
+check "no arguments prints usage (exit 0)" test $? -eq 0
+"$GRAVITY" frobnicate >/dev/null 2>&1
+check "unknown command exits 2" test $? -eq 2
+"$GRAVITY" status >"$T/status0.out" 2>&1
+rc=$?
+check "status without gravity up exits 1" test $rc -eq 1
+check "status without gravity up says so in one line" \
+    test "$(wc -l <"$T/status0.out")" -eq 1 -a -n "$(grep 'not running' "$T/status0.out")"
+
+# ---- up ------------------------------------------------------------------------------------
+"$GRAVITY" up >"$T/up.out" 2>"$T/up.err" &
+G=$!
+PIDS+=("$G")
+check "up prints the table" wait_until 30 file_has "$T/up.out" "99-fake-beta"
+check "table has a header" file_has "$T/up.out" "SERVICE.*PORT.*PID.*STATUS.*URL"
+check "table shows alpha ready with its URL" \
+    file_has "$T/up.out" "98-fake-alpha *$PA .*ready *http://127.0.0.1:$PA"
+check "table does not list gravity or non-executables" \
+    test -z "$(grep -e gravity -e not-executable "$T/up.out")"
+check "alpha answers /ready" is_ready "$PA"
+check "beta answers /ready" is_ready "$PB"
+check "state file exists" test -s "$STATE"
+check "state has gravity's pid" test "$(state_get '["pid"]')" = "$G"
+A1=$(svc_pid 98-fake-alpha)
+B1=$(svc_pid 99-fake-beta)
+PIDS+=("$A1" "$B1")
+check "alpha runs as its own process" alive "$A1"
+check "alpha got DATA_DIR=<data>/<id>" \
+    wait_until 5 file_has "$GRAVITY_DATA/logs/98-fake-alpha.log" "data_dir=$GRAVITY_DATA/98-fake-alpha"
+check "alpha's data dir was created" test -d "$GRAVITY_DATA/98-fake-alpha"
+
+"$GRAVITY" up >/dev/null 2>"$T/up2.err"
+check "a second up refuses to start (exit 1)" test $? -eq 1
+check "a second up says gravity is already running" file_has "$T/up2.err" "already running"
+
+# ---- status --------------------------------------------------------------------------------
+"$GRAVITY" status >"$T/status.out" 2>&1
+check "status exits 0 while up" test $? -eq 0
+check "status shows alpha up with version, pid and port" \
+    file_has "$T/status.out" "98-fake-alpha *up *0.1.0 *$A1 *$PA "
+check "status shows beta up" file_has "$T/status.out" "99-fake-beta *up "
+
+# ---- restart after a crash -----------------------------------------------------------------
+kill -9 "$A1"
+check "kill -9 of alpha: gravity starts a new alpha" wait_until 10 new_pid 98-fake-alpha "$A1"
+A2=$(svc_pid 98-fake-alpha)
+PIDS+=("$A2")
+check "the new alpha answers /ready" wait_until 10 is_ready "$PA"
+check "state counts one restart" test "$(svc_field 98-fake-alpha restarts)" = 1
+check "beta was not touched" test "$(svc_pid 99-fake-beta)" = "$B1"
+check "the crash was logged to stderr" file_has "$T/up.err" "service exited.*98-fake-alpha"
+"$GRAVITY" status >"$T/status2.out" 2>&1
+check "status shows alpha's new pid and 1 restart" \
+    file_has "$T/status2.out" "98-fake-alpha *up *0.1.0 *$A2 *$PA .* 1$"
+
+# ---- logs ----------------------------------------------------------------------------------
+"$GRAVITY" logs 98-fake-alpha --no-follow >"$T/logs.out" 2>&1
+check "logs by id shows the child's output" file_has "$T/logs.out" "fake-alpha listening on port $PA"
+"$GRAVITY" logs 98 -n 1 --no-follow >"$T/logs1.out" 2>&1
+check "logs by number with -n 1 prints one line" test "$(wc -l <"$T/logs1.out")" -eq 1
+"$GRAVITY" logs fake-beta --no-follow >"$T/logsb.out" 2>&1
+check "logs by name works" file_has "$T/logsb.out" "fake-beta listening"
+"$GRAVITY" logs nope --no-follow >/dev/null 2>&1
+check "logs of an unknown service exits 1" test $? -eq 1
+"$GRAVITY" logs 99-fake-beta -n 0 >"$T/follow.out" 2>&1 &
+L=$!
+PIDS+=("$L")
+# Lines written before `logs` reached the end of the file are not shown (-n 0), so keep
+# making new ones until one arrives.
+poke_and_look() {
+    curl -s -o /dev/null --noproxy '*' "http://127.0.0.1:$PB/health?followed"
+    file_has "$T/follow.out" "health?followed"
+}
+check "logs follows new lines" wait_until 5 poke_and_look
+kill -INT "$L"
+wait "$L"
+check "logs exits 0 on Ctrl-C" test $? -eq 0
+
+# ---- SIGTERM drains everything -------------------------------------------------------------
+B1=$(svc_pid 99-fake-beta)
+kill -TERM "$G"
+check "gravity exits after SIGTERM within 12 s" wait_until 12 gone "$G"
+wait "$G"
+check "gravity exits 0" test $? -eq 0
+check "alpha exited" dead "$A2"
+check "beta exited" dead "$B1"
+check "state file removed on exit" no_file "$STATE"
+check "alpha drained on SIGTERM" file_has "$GRAVITY_DATA/logs/98-fake-alpha.log" "got SIGTERM"
+check "up logged each stop" file_has "$T/up.err" "service stopped.*99-fake-beta.*exit 0"
+"$GRAVITY" status >/dev/null 2>&1
+check "status after exit exits 1" test $? -eq 1
+
+# ---- up --only, backoff doubling -----------------------------------------------------------
+ln -s "$HERE/fake-service.sh" "$BIN/97-fake-crashy"
+GRAVITY_READY_TIMEOUT=2 "$GRAVITY" up --only 97,fake-beta >"$T/only.out" 2>"$T/only.err" &
+G=$!
+PIDS+=("$G")
+check "up --only starts the subset" wait_until 10 file_has "$T/only.out" "99-fake-beta"
+check "up --only leaves the others out" test -z "$(grep 98-fake-alpha "$T/only.out")"
+check "state lists just the subset" test "$(state_get '["services"].__len__()')" = 2
+check "a crashing service is restarted again and again" wait_until 10 restarts_at_least 97-fake-crashy 2
+check "restart backoff doubles (0.5 s, 1.0 s, ...)" \
+    wait_until 10 file_has "$T/only.err" "97-fake-crashy' in='1.0s'"
+check "first backoff was 0.5 s" file_has "$T/only.err" "97-fake-crashy' in='0.5s'"
+BO=$(svc_pid 99-fake-beta)
+PIDS+=("$BO")
+kill -INT "$G"
+check "gravity exits after SIGINT" wait_until 12 gone "$G"
+wait "$G"
+check "gravity exits 0 after SIGINT" test $? -eq 0
+check "beta exited after SIGINT" dead "$BO"
+"$GRAVITY" up --only nosuch >/dev/null 2>&1
+check "up --only with an unknown service exits 2" test $? -eq 2
+rm -f "$BIN/97-fake-crashy"
+
+# ---- SIGKILL of gravity: children still stop ----------------------------------------------
+"$GRAVITY" up >"$T/orphan.out" 2>/dev/null &
+G=$!
+PIDS+=("$G")
+check "up starts again" wait_until 10 file_has "$T/orphan.out" "99-fake-beta"
+A=$(svc_pid 98-fake-alpha)
+PIDS+=("$A")
+kill -9 "$G"
+{ wait "$G"; } 2>/dev/null
+check "children of a SIGKILLed gravity get SIGTERM and exit" wait_until 5 gone "$A"
+"$GRAVITY" status >"$T/stale.out" 2>&1
+check "status with a stale state file exits 1" test $? -eq 1
+check "status names the stale state" file_has "$T/stale.out" "not running (stale"
+
+
+# ---- a child that ignores SIGTERM is killed after 10 s (up over the stale state file) ------
+ln -s "$HERE/fake-service.sh" "$BIN/97-fake-stubborn"
+"$GRAVITY" up --only 97,99 >"$T/stub.out" 2>"$T/stub.err" &
+G=$!
+PIDS+=("$G")
+check "up with a stubborn service prints the table" wait_until 10 file_has "$T/stub.out" "99-fake-beta"
+S=$(svc_pid 97-fake-stubborn)
+BS=$(svc_pid 99-fake-beta)
+PIDS+=("$S" "$BS")
+kill -TERM "$G"
+check "beta stops at once" wait_until 5 dead "$BS"
+check "the stubborn one is still alive during the drain" alive "$S"
+check "gravity gives up waiting after 10 s and exits" wait_until 14 gone "$G"
+wait "$G"
+check "gravity exits 0 after killing a stubborn child" test $? -eq 0
+check "the stubborn child was killed" dead "$S"
+check "the kill was logged" file_has "$T/stub.err" "did not stop in time.*97-fake-stubborn"
+rm -f "$BIN/97-fake-stubborn"
+
+# ---- run -----------------------------------------------------------------------------------
+"$GRAVITY" run fake-alpha >"$T/run.out" 2>&1 &
+R=$!
+PIDS+=("$R")
+check "run starts the service in the foreground" wait_until 10 is_ready "$PA"
+check "run uses the env defaults (PORT, DATA_DIR)" \
+    file_has "$T/run.out" "listening on port $PA data_dir=$GRAVITY_DATA/98-fake-alpha"
+check "run execs the service (gravity's pid is now the service)" \
+    grep -q python3 "/proc/$R/cmdline"
+kill -TERM "$R"
+wait "$R"
+check "the service run by gravity run exits 0 on SIGTERM" test $? -eq 0
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
