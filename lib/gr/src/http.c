@@ -32,8 +32,8 @@
  * oversized header still reaches begin() and gets a problem+json 431; only beyond the pool
  * does libmicrohttpd answer 431 by itself.
  */
-#define POOL_LIMIT (160 * 1024)
-#define HEADER_LIMIT (32 * 1024)
+#define POOL_LIMIT (32 * 1024)
+#define HEADER_LIMIT (24 * 1024)
 #define MAX_TOKEN 8192
 
 struct gr_server_route {
@@ -56,6 +56,7 @@ struct rstate {
     size_t bytes_out;
     int64_t start_ns;
     size_t rm_index;
+    int early_rc; /* an error found with the headers, answered on the next call */
 };
 
 /* ---- request accessors --------------------------------------------------------------------- */
@@ -584,17 +585,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         st->req.conn = conn;
         st->rm_index = srv->nrm - 1;
         rc = begin(srv, st, conn, url, method);
-        if (rc < 0)
-            return reply(srv, st, conn, rc);
-        gr_buf_init(&st->body, st->body_max);
         cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
-        if ((cl && strcmp(cl, "0") != 0) || te)
-            return MHD_YES; /* wait for the body */
-        return reply(srv, st, conn, run(srv, st, conn));
+        if (rc < 0 && ((cl && strcmp(cl, "0") != 0) || te))
+            return reply(srv, st, conn, rc); /* refuse the body unread; the connection closes */
+        /*
+         * Otherwise answer on the next call: libmicrohttpd closes the connection after a
+         * response queued on the first call, which would cost keep-alive to every GET.
+         */
+        st->early_rc = rc;
+        if (rc == 0)
+            gr_buf_init(&st->body, st->body_max);
+        return MHD_YES;
     }
     if (*upload_data_size) {
-        if (!st->responded && !st->body_too_big &&
+        if (!st->responded && !st->body_too_big && st->early_rc == 0 &&
             gr_buf_append(&st->body, upload_data, *upload_data_size) < 0) {
             st->body_too_big = true;
             gr_buf_release(&st->body);
@@ -604,6 +609,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (st->responded)
         return MHD_YES;
+    if (st->early_rc < 0)
+        return reply(srv, st, conn, st->early_rc);
     return reply(srv, st, conn, run(srv, st, conn));
 }
 
