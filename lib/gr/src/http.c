@@ -220,10 +220,9 @@ static enum MHD_Result reply(struct gr_server *srv, struct rstate *st, struct MH
     int status;
     enum MHD_Result ret;
 
-    (void)srv;
     if (code < 0) {
         status = gr_err_http_status(code);
-        if (status >= 500)
+        if (status == 500)
             gr_log(GR_LOG_ERROR, "request failed", "code", gr_err_name(code), "request_id",
                    st->req.request_id, "route", st->req.route ? st->req.route->pattern : NULL,
                    (char *)NULL);
@@ -263,7 +262,9 @@ static enum MHD_Result reply(struct gr_server *srv, struct rstate *st, struct MH
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
     for (size_t i = 0; i < resp->nheaders; i++)
         MHD_add_response_header(r, resp->headers[i].name, resp->headers[i].value);
-    if (st->body_too_big || (code < 0 && status == 413))
+    /* While draining, requests on open connections are still served, then the client is
+     * told to reconnect (to another instance). */
+    if (st->body_too_big || (code < 0 && status == 413) || atomic_load(&srv->draining))
         MHD_add_response_header(r, "Connection", "close");
     ret = MHD_queue_response(conn, (unsigned)status, r);
     MHD_destroy_response(r);
@@ -464,9 +465,6 @@ static int begin(struct gr_server *srv, struct rstate *st, struct MHD_Connection
     if (rc < 0)
         return gr_resp_problem(req, &st->resp, rc, NULL, "malformed path");
     st->rm_index = route_index(srv, req->route);
-    if (srv->ctx->svc->routes && !(req->route->flags & GR_R_INTERNAL) &&
-        atomic_load(&srv->draining))
-        return gr_resp_problem(req, &st->resp, GR_EUNAVAIL, NULL, "shutting down");
     st->body_max = req->route->body_max ? req->route->body_max : srv->ctx->cfg.http_max_body;
     cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
     if (cl) {
