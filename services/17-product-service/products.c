@@ -1,0 +1,692 @@
+/*
+ * products.c - the product handlers: the filtered, sorted and keyset-paginated list, lookup by
+ * id or slug, create (with nested variants, in one transaction), JSON Merge Patch updates with
+ * optimistic versions, delete (a draft is removed, anything else archived), and the image
+ * list of a product. Writes run inside the route's transaction (GR_R_TX), so every early
+ * error return leaves no trace.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "gr/auth.h"
+#include "gr/cursor.h"
+#include "gr/id.h"
+#include "gr/service.h"
+#include "gr/time.h"
+#include "product.h"
+
+/* ---- list ---------------------------------------------------------------------------------- */
+
+/*
+ * The filters of GET /products. Every parameter is bound; an absent filter is a NULL that the
+ * "CAST($n AS T) IS NULL OR ..." arm turns off. $1 is 1 when the caller may see every status.
+ */
+#define LIST_SELECT                                                                                \
+    "SELECT " PRODUCT_COLS " FROM products p"                                                      \
+    " WHERE (CAST($1 AS INTEGER) = 1 OR p.status = 'active')"                                      \
+    " AND (CAST($2 AS TEXT) IS NULL OR p.status = CAST($2 AS TEXT))"                               \
+    " AND (CAST($3 AS TEXT) IS NULL OR p.brand = CAST($3 AS TEXT))"                                \
+    " AND (CAST($4 AS TEXT) IS NULL OR p.category_id IN (SELECT d.id FROM categories d,"           \
+    " categories a WHERE a.id = CAST($4 AS TEXT) AND d.path LIKE (a.path || '%')))"                \
+    " AND (CAST($5 AS BIGINT) IS NULL OR p.max_price >= CAST($5 AS BIGINT))"                       \
+    " AND (CAST($6 AS BIGINT) IS NULL OR p.min_price <= CAST($6 AS BIGINT))"                       \
+    " AND (CAST($7 AS TEXT) IS NULL OR lower(p.title) LIKE CAST($7 AS TEXT) ESCAPE '\\')"
+
+/* Sort keys: products without a price sort last in both price orders. */
+#define KEY_PRICE_ASC  "COALESCE(p.min_price, 100000000)"
+#define KEY_PRICE_DESC "COALESCE(p.min_price, -1)"
+#define AFTER_TEXT(key, op)                                                                        \
+    " AND (CAST($8 AS TEXT) IS NULL OR (" key ", p.id) " op " (CAST($8 AS TEXT), $9))"
+#define AFTER_INT(key, op)                                                                         \
+    " AND (CAST($8 AS BIGINT) IS NULL OR (" key ", p.id) " op " (CAST($8 AS BIGINT), $9))"
+#define LIMIT " LIMIT CAST($10 AS INTEGER)"
+
+enum key_kind { KEY_TEXT, KEY_INT };
+
+struct sort_def {
+    const char *name;
+    enum key_kind kind;
+    const char *sql;
+};
+
+static const struct sort_def sorts[] = {
+    { "-created_at", KEY_TEXT,
+      LIST_SELECT AFTER_TEXT("p.created_at", "<") " ORDER BY p.created_at DESC, p.id DESC" LIMIT },
+    { "created_at", KEY_TEXT,
+      LIST_SELECT AFTER_TEXT("p.created_at", ">") " ORDER BY p.created_at, p.id" LIMIT },
+    { "price", KEY_INT,
+      LIST_SELECT AFTER_INT(KEY_PRICE_ASC, ">") " ORDER BY " KEY_PRICE_ASC ", p.id" LIMIT },
+    { "-price", KEY_INT,
+      LIST_SELECT AFTER_INT(KEY_PRICE_DESC, "<") " ORDER BY " KEY_PRICE_DESC
+                                                 " DESC, p.id DESC" LIMIT },
+    { "title", KEY_TEXT, LIST_SELECT AFTER_TEXT("p.title", ">") " ORDER BY p.title, p.id" LIMIT },
+    { "-title", KEY_TEXT,
+      LIST_SELECT AFTER_TEXT("p.title", "<") " ORDER BY p.title DESC, p.id DESC" LIMIT },
+};
+
+struct list_q {
+    const char *status, *brand, *category, *q, *qpat, *cursor;
+    long long min_price, max_price;
+    bool has_min, has_max;
+    const struct sort_def *sort;
+    int limit;
+};
+
+/* "%abc%" for a case-insensitive substring match, with LIKE's wildcards escaped. */
+static const char *like_pattern(struct gr_arena *a, const char *q)
+{
+    size_t n = strlen(q);
+    char *out = gr_arena_alloc(a, 2 * n + 3);
+    size_t j = 0;
+
+    out[j++] = '%';
+    for (size_t i = 0; i < n; i++) {
+        char c = q[i];
+        if (c == '%' || c == '_' || c == '\\')
+            out[j++] = '\\';
+        out[j++] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+    }
+    out[j++] = '%';
+    out[j] = '\0';
+    return out;
+}
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            n++;
+    return n;
+}
+
+/* Reads the query string; every bad parameter adds a "query.<name>" error. */
+static void list_parse(struct gr_req *req, struct gr_resp *resp, struct list_q *lq)
+{
+    const char *sort = gr_req_query(req, "sort");
+    const char *s;
+
+    memset(lq, 0, sizeof(*lq));
+    lq->sort = &sorts[0];
+    if (gr_req_limit(req, resp, &lq->limit) < 0)
+        lq->limit = 20;
+    if (gr_req_query_int(req, resp, "min_price", 0, GR_MONEY_MAX_AMOUNT, &lq->min_price,
+                         &lq->has_min) < 0)
+        lq->has_min = false;
+    if (gr_req_query_int(req, resp, "max_price", 0, GR_MONEY_MAX_AMOUNT, &lq->max_price,
+                         &lq->has_max) < 0)
+        lq->has_max = false;
+    if (sort != NULL) {
+        lq->sort = NULL;
+        for (size_t i = 0; i < sizeof(sorts) / sizeof(sorts[0]); i++)
+            if (strcmp(sort, sorts[i].name) == 0)
+                lq->sort = &sorts[i];
+        if (lq->sort == NULL) {
+            gr_resp_field_error(req, resp, "query.sort",
+                                "must be one of -created_at, created_at, price, -price, title, "
+                                "-title");
+            lq->sort = &sorts[0];
+        }
+    }
+    s = gr_req_query(req, "category");
+    if (s != NULL && !gr_id_valid(s, strlen(s)))
+        gr_resp_field_error(req, resp, "query.category", "must be a category id (UUID)");
+    lq->category = s;
+    s = gr_req_query(req, "brand");
+    if (s != NULL && (*s == '\0' || utf8_chars(s) > PRODUCT_BRAND_MAX))
+        gr_resp_field_error(req, resp, "query.brand", "must be 1..%d characters",
+                            PRODUCT_BRAND_MAX);
+    lq->brand = s;
+    s = gr_req_query(req, "q");
+    if (s != NULL && (*s == '\0' || utf8_chars(s) > PRODUCT_TITLE_MAX))
+        gr_resp_field_error(req, resp, "query.q", "must be 1..%d characters", PRODUCT_TITLE_MAX);
+    lq->q = s;
+    lq->qpat = s != NULL ? like_pattern(req->arena, s) : NULL;
+    s = gr_req_query(req, "status");
+    if (s != NULL && strcmp(s, "draft") != 0 && strcmp(s, "active") != 0 &&
+        strcmp(s, "archived") != 0)
+        gr_resp_field_error(req, resp, "query.status", "must be draft, active or archived");
+    else if (s != NULL && strcmp(s, "active") != 0 && !product_can_read(req))
+        gr_resp_field_error(req, resp, "query.status",
+                            "only 'active' is allowed without products:read");
+    lq->status = s;
+    lq->cursor = gr_req_query(req, "cursor");
+}
+
+/* The cursor scope: the endpoint plus every filter and the sort, length-prefixed. */
+static const char *list_scope(struct gr_req *req, const struct list_q *lq)
+{
+#define F(x) strlen((x) != NULL ? (x) : ""), (x) != NULL ? (x) : ""
+    return gr_arena_printf(req->arena,
+                           "GET /api/v1/products\ncategory=%zu:%s\nbrand=%zu:%s\nstatus=%zu:%s\n"
+                           "q=%zu:%s\nmin=%d:%lld\nmax=%d:%lld\nsort=%s",
+                           F(lq->category), F(lq->brand), F(lq->status), F(lq->q), lq->has_min,
+                           lq->min_price, lq->has_max, lq->max_price, lq->sort->name);
+#undef F
+}
+
+/* The cursor after row @last of a page, for the sort @sort. */
+static int cursor_make(struct gr_req *req, const char *scope, const struct sort_def *sort,
+                       const struct gr_db_rows *rows, size_t last, const char **out)
+{
+    const char *id = gr_db_text(rows, last, PCOL_ID);
+    json_t *key;
+
+    if (sort->kind == KEY_INT) {
+        long long k;
+        if (gr_db_isnull(rows, last, 8))
+            k = strcmp(sort->name, "price") == 0 ? 100000000 : -1;
+        else
+            k = gr_db_int(rows, last, 8);
+        key = json_integer(k);
+    } else {
+        size_t col = strstr(sort->name, "title") != NULL ? 1 : PCOL_CREATED;
+        key = json_string(gr_db_text(rows, last, col));
+    }
+    return product_cursor_make(req, scope, key, id, out);
+}
+
+int products_list(struct gr_req *req, struct gr_resp *resp)
+{
+    struct list_q lq;
+    struct gr_db_val key = GR_DB_NULL, kid = GR_DB_NULL;
+    struct gr_db_rows *rows = NULL;
+    const char *scope, *next = NULL;
+    bool can_read = product_can_read(req);
+    bool has_more;
+    size_t n;
+    json_t *data, *body;
+    int rc;
+
+    list_parse(req, resp, &lq);
+    if (resp->errs.n > 0)
+        return GR_EVALID;
+    scope = list_scope(req, &lq);
+    if (lq.cursor != NULL &&
+        product_cursor_read(req, scope, lq.cursor, lq.sort->kind == KEY_INT, &key, &kid) < 0)
+        return gr_resp_problem(req, resp, GR_EINVAL, "invalid_cursor",
+                               "the cursor is invalid for this list");
+
+    rc = gr_db_query(req->db, req->arena, lq.sort->sql,
+                     (struct gr_db_val[]){ GR_DB_INT(can_read ? 1 : 0), GR_DB_TEXT(lq.status),
+                                           GR_DB_TEXT(lq.brand), GR_DB_TEXT(lq.category),
+                                           lq.has_min ? GR_DB_INT(lq.min_price) : GR_DB_NULL,
+                                           lq.has_max ? GR_DB_INT(lq.max_price) : GR_DB_NULL,
+                                           GR_DB_TEXT(lq.qpat), key, kid, GR_DB_INT(lq.limit + 1) },
+                     10, &rows);
+    if (rc < 0)
+        return rc;
+    n = gr_db_nrows(rows);
+    has_more = n > (size_t)lq.limit;
+    if (has_more) {
+        n = (size_t)lq.limit;
+        rc = cursor_make(req, scope, lq.sort, rows, n - 1, &next);
+        if (rc < 0)
+            return rc;
+    }
+    data = json_array();
+    body =
+        product_own(req, json_pack("{s:o,s:b,s:o}", "data", data, "has_more", has_more,
+                                   "next_cursor", next != NULL ? json_string(next) : json_null()));
+    for (size_t i = 0; i < n; i++) {
+        json_t *p = product_row_json(req, rows, i);
+        rc = product_attach(req, p, gr_db_text(rows, i, PCOL_ID), can_read);
+        if (rc < 0)
+            return rc;
+        json_array_append(data, p);
+    }
+    gr_resp_json(resp, 200, json_incref(body));
+    return 0;
+}
+
+/* ---- get ----------------------------------------------------------------------------------- */
+
+int products_get(struct gr_req *req, struct gr_resp *resp)
+{
+    const char *key = gr_req_param(req, "id");
+    bool can_read = product_can_read(req);
+    struct gr_db_rows *rows = NULL;
+    json_t *p;
+    int rc;
+
+    rc = product_fetch(req, key, !gr_id_valid(key, strlen(key)), &rows);
+    if (rc < 0)
+        return rc;
+    if (!can_read && strcmp(gr_db_text(rows, 0, PCOL_STATUS), "active") != 0)
+        return GR_ENOTFOUND;
+    p = product_row_json(req, rows, 0);
+    rc = product_attach(req, p, gr_db_text(rows, 0, PCOL_ID), can_read);
+    if (rc < 0)
+        return rc;
+    gr_resp_json(resp, 200, json_incref(p));
+    return 0;
+}
+
+/* ---- create and patch ---------------------------------------------------------------------- */
+
+/* The editable fields of a product, read from a create body or a patched document. */
+struct product_in {
+    const char *title, *slug, *description, *brand, *status, *category_id, *attributes;
+};
+
+static void read_product(const struct gr_json_rd *r, json_t *doc, struct product_in *in)
+{
+    memset(in, 0, sizeof(*in));
+    in->status = "draft";
+    (void)gr_json_str(r, doc, "", "title", GR_JSON_REQUIRED, 1, PRODUCT_TITLE_MAX, &in->title,
+                      NULL);
+    product_read_slug(r, doc, "", "slug", GR_JSON_REQUIRED, &in->slug, NULL);
+    if (in->slug != NULL && strcmp(in->slug, "variants") == 0) {
+        gr_errs_add(r->errs, r->a, "/slug", "'variants' is reserved");
+        in->slug = NULL;
+    }
+    (void)gr_json_str(r, doc, "", "description", GR_JSON_NULLABLE, 0, PRODUCT_DESC_MAX,
+                      &in->description, NULL);
+    (void)gr_json_str(r, doc, "", "brand", GR_JSON_NULLABLE, 1, PRODUCT_BRAND_MAX, &in->brand,
+                      NULL);
+    {
+        const char *st = NULL;
+        size_t before = r->errs->n;
+        (void)gr_json_str(r, doc, "", "status", GR_JSON_OPTIONAL, 1, 20, &st, NULL);
+        if (st != NULL && r->errs->n == before) {
+            if (strcmp(st, "draft") == 0 || strcmp(st, "active") == 0 ||
+                strcmp(st, "archived") == 0)
+                in->status = st;
+            else
+                gr_errs_add(r->errs, r->a, "/status", "must be draft, active or archived");
+        }
+    }
+    product_read_uuid(r, doc, "", "category_id", GR_JSON_NULLABLE, &in->category_id, NULL);
+    product_read_kv(r, doc, "", "attributes", &in->attributes);
+}
+
+/* 422 at /category_id when @id names no category. */
+static int check_category(struct gr_req *req, struct gr_resp *resp, const char *id)
+{
+    struct gr_db_rows *rows = NULL;
+    int rc;
+
+    if (id == NULL)
+        return 0;
+    rc = gr_db_query(req->db, req->arena, "SELECT id FROM categories WHERE id = $1",
+                     (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &rows);
+    if (rc < 0)
+        return rc;
+    if (gr_db_nrows(rows) == 1)
+        return 0;
+    gr_resp_field_error(req, resp, "/category_id", "no such category");
+    return GR_EVALID;
+}
+
+/*
+ * Slug and SKU uniqueness is left to the UNIQUE constraints: the INSERT or UPDATE that hits one
+ * fails with GR_ECONFLICT, which becomes a 409 with the contract's type. A SELECT beforehand
+ * would only add a read that PostgreSQL's serializable mode turns into serialization failures
+ * under concurrent creates.
+ */
+static int slug_taken(struct gr_req *req, struct gr_resp *resp, const char *slug)
+{
+    gr_resp_field_error(req, resp, "/slug", "is already taken");
+    return gr_resp_problem(req, resp, GR_ECONFLICT, "slug_taken", "slug '%s' is already taken",
+                           slug);
+}
+
+/* Reads the "variants" array of a create body into @vs (at most PRODUCT_VARIANTS_MAX). */
+static size_t read_variants(struct gr_req *req, const struct gr_json_rd *r, json_t *body,
+                            struct product_variant_in *vs)
+{
+    json_t *arr = NULL;
+    const char *currency = NULL; /* of the first valid variant */
+    size_t n;
+
+    if (gr_json_arr(r, body, "", "variants", GR_JSON_OPTIONAL, PRODUCT_VARIANTS_MAX, &arr, NULL) <
+            0 ||
+        arr == NULL)
+        return 0;
+    n = json_array_size(arr);
+    for (size_t i = 0; i < n; i++) {
+        const char *ptr = gr_json_ptr_idx(req->arena, "/variants", i);
+        size_t before = r->errs->n;
+        product_read_variant(r, json_array_get(arr, i), ptr, false, &vs[i]);
+        if (r->errs->n != before)
+            continue;
+        for (size_t j = 0; j < i; j++) {
+            if (vs[j].sku != NULL && strcmp(vs[j].sku, vs[i].sku) == 0) {
+                gr_errs_add(r->errs, r->a, gr_json_ptr_key(req->arena, ptr, "sku"),
+                            "duplicates /variants/%zu/sku", j);
+                break;
+            }
+        }
+        if (currency == NULL)
+            currency = vs[i].price.currency;
+        else if (strcmp(currency, vs[i].price.currency) != 0)
+            gr_errs_add(r->errs, r->a, gr_arena_printf(req->arena, "%s/price/currency", ptr),
+                        "must be '%s' like the other variants", currency);
+    }
+    return n;
+}
+
+int products_create(struct gr_req *req, struct gr_resp *resp)
+{
+    static const char *const keys[] = { "title",      "slug",     "description",
+                                        "brand",      "status",   "category_id",
+                                        "attributes", "variants", NULL };
+    struct gr_json_rd r = product_rd(req, resp);
+    struct product_variant_in vs[PRODUCT_VARIANTS_MAX];
+    struct product_in in;
+    char id[GR_ID_LEN], vid[GR_ID_LEN], now[GR_TIME_STR_LEN];
+    size_t nv;
+    json_t *p = NULL;
+    int rc;
+
+    (void)gr_json_only(&r, req->json, "", keys);
+    read_product(&r, req->json, &in);
+    nv = read_variants(req, &r, req->json, vs);
+    if (resp->errs.n > 0)
+        return GR_EVALID;
+    rc = check_category(req, resp, in.category_id);
+    if (rc < 0)
+        return rc;
+
+    gr_id_new(id);
+    product_now(now);
+    rc = gr_db_exec(req->db,
+                    "INSERT INTO products (id, title, slug, description, brand, status,"
+                    " category_id, attributes, version, created_at, updated_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
+                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(in.title), GR_DB_TEXT(in.slug),
+                                          GR_DB_TEXT(in.description), GR_DB_TEXT(in.brand),
+                                          GR_DB_TEXT(in.status), GR_DB_TEXT(in.category_id),
+                                          GR_DB_TEXT(in.attributes), GR_DB_TEXT(now) },
+                    9, NULL);
+    if (rc == GR_ECONFLICT)
+        return slug_taken(req, resp, in.slug);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < nv; i++) {
+        rc = product_variant_insert(req, resp, id, &vs[i], now,
+                                    gr_arena_printf(req->arena, "/variants/%zu/sku", i), vid);
+        if (rc < 0)
+            return rc;
+    }
+    rc = product_refresh(req, id, now);
+    if (rc < 0)
+        return rc;
+    rc = product_load_full(req, id, &p);
+    if (rc < 0)
+        return rc;
+    rc = product_event(req, "product.created", p);
+    if (rc < 0)
+        return rc;
+    product_created(req, resp, gr_arena_printf(req->arena, "/api/v1/products/%s", id), p);
+    return 0;
+}
+
+/* The editable fields of the product row @rows as a JSON object (arena). */
+static json_t *editable_doc(struct gr_req *req, const struct gr_db_rows *rows)
+{
+    static const char *const fields[] = { "title",  "slug",        "description", "brand",
+                                          "status", "category_id", "attributes" };
+    json_t *p = product_row_json(req, rows, 0);
+    json_t *doc = product_own(req, json_object());
+
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        json_t *v = json_object_get(p, fields[i]);
+        if (!json_is_null(v))
+            json_object_set_new(doc, fields[i], json_deep_copy(v));
+    }
+    return doc;
+}
+
+/* A deep copy of the PATCH body without "version" (arena), for gr_json_merge_patch. */
+static json_t *patch_of(struct gr_req *req)
+{
+    json_t *patch = product_own(req, json_deep_copy(req->json));
+
+    json_object_del(patch, "version");
+    return patch;
+}
+
+int products_patch(struct gr_req *req, struct gr_resp *resp)
+{
+    static const char *const keys[] = { "title",      "slug",    "description",
+                                        "brand",      "status",  "category_id",
+                                        "attributes", "version", NULL };
+    const char *id = gr_req_param(req, "id");
+    struct gr_json_rd r = product_rd(req, resp);
+    struct gr_db_rows *rows = NULL;
+    struct product_in in;
+    char now[GR_TIME_STR_LEN];
+    long long version = 0, have;
+    bool has_version = false;
+    json_t *before, *doc, *p = NULL;
+    long long changes = 0;
+    int rc;
+
+    rc = product_fetch(req, id, false, &rows);
+    if (rc < 0)
+        return rc;
+    have = gr_db_int(rows, 0, PCOL_VERSION);
+    if (gr_json_only(&r, req->json, "", keys) < 0 && !json_is_object(req->json))
+        return GR_EVALID;
+    (void)gr_json_int(&r, req->json, "", "version", GR_JSON_OPTIONAL, 1, GR_JSON_MAX_INT, &version,
+                      &has_version);
+    before = editable_doc(req, rows);
+    doc = product_own(req, json_deep_copy(before));
+    if (gr_json_merge_patch(doc, patch_of(req)) < 0)
+        return GR_EINTERNAL;
+    read_product(&r, doc, &in);
+    if (resp->errs.n > 0)
+        return GR_EVALID;
+    rc = product_check_version(req, resp, has_version, version, have);
+    if (rc < 0)
+        return rc;
+    if (json_equal(before, doc)) {
+        rc = product_load_full(req, id, &p);
+        if (rc < 0)
+            return rc;
+        gr_resp_json(resp, 200, json_incref(p));
+        return 0;
+    }
+    rc = check_category(req, resp, in.category_id);
+    if (rc < 0)
+        return rc;
+
+    product_now(now);
+    rc = gr_db_exec(req->db,
+                    "UPDATE products SET title = $2, slug = $3, description = $4, brand = $5,"
+                    " status = $6, category_id = $7, attributes = $8, version = version + 1,"
+                    " updated_at = $9 WHERE id = $1 AND version = $10",
+                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(in.title), GR_DB_TEXT(in.slug),
+                                          GR_DB_TEXT(in.description), GR_DB_TEXT(in.brand),
+                                          GR_DB_TEXT(in.status), GR_DB_TEXT(in.category_id),
+                                          GR_DB_TEXT(in.attributes), GR_DB_TEXT(now),
+                                          GR_DB_INT(have) },
+                    10, &changes);
+    if (rc == GR_ECONFLICT)
+        return slug_taken(req, resp, in.slug);
+    if (rc < 0)
+        return rc;
+    if (changes != 1)
+        return gr_resp_problem(req, resp, GR_ECONFLICT, "version_conflict",
+                               "the product changed concurrently");
+    rc = product_load_full(req, id, &p);
+    if (rc < 0)
+        return rc;
+    rc = product_event(req, "product.updated", p);
+    if (rc < 0)
+        return rc;
+    gr_resp_json(resp, 200, json_incref(p));
+    return 0;
+}
+
+/* ---- delete -------------------------------------------------------------------------------- */
+
+/* Removes a draft product and everything that hangs off it. */
+static int remove_product(struct gr_req *req, const char *id)
+{
+    static const char *const sql[] = {
+        "DELETE FROM product_images WHERE product_id = $1",
+        "DELETE FROM variants WHERE product_id = $1",
+        "DELETE FROM products WHERE id = $1",
+    };
+    int rc = 0;
+
+    for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]) && rc == 0; i++)
+        rc = gr_db_exec(req->db, sql[i], (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, NULL);
+    return rc;
+}
+
+int products_delete(struct gr_req *req, struct gr_resp *resp)
+{
+    const char *id = gr_req_param(req, "id");
+    struct gr_db_rows *rows = NULL;
+    const char *status;
+    char now[GR_TIME_STR_LEN];
+    json_t *p = NULL;
+    int rc;
+
+    rc = product_fetch(req, id, false, &rows);
+    if (rc < 0)
+        return rc;
+    status = gr_db_text(rows, 0, PCOL_STATUS);
+    if (strcmp(status, "draft") == 0) {
+        rc = product_load_full(req, id, &p);
+        if (rc < 0)
+            return rc;
+        rc = remove_product(req, id);
+        if (rc < 0)
+            return rc;
+        rc = product_event(req, "product.deleted", p);
+        if (rc < 0)
+            return rc;
+        gr_resp_json(resp, 204, NULL);
+        return 0;
+    }
+    if (strcmp(status, "archived") != 0) {
+        product_now(now);
+        rc = gr_db_exec(req->db,
+                        "UPDATE products SET status = 'archived', version = version + 1,"
+                        " updated_at = $2 WHERE id = $1",
+                        (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
+        if (rc < 0)
+            return rc;
+    }
+    rc = product_load_full(req, id, &p);
+    if (rc < 0)
+        return rc;
+    if (strcmp(status, "archived") != 0) {
+        rc = product_event(req, "product.updated", p);
+        if (rc < 0)
+            return rc;
+    }
+    gr_resp_json(resp, 200, json_incref(p));
+    return 0;
+}
+
+/* ---- images -------------------------------------------------------------------------------- */
+
+int products_image_add(struct gr_req *req, struct gr_resp *resp)
+{
+    static const char *const keys[] = { "file_id", "position", NULL };
+    const char *id = gr_req_param(req, "id");
+    struct gr_json_rd r = product_rd(req, resp);
+    struct gr_db_rows *rows = NULL;
+    const char *file_id = NULL;
+    long long pos = 0;
+    bool has_pos = false;
+    char now[GR_TIME_STR_LEN];
+    json_t *img, *p = NULL;
+    int rc;
+
+    rc = product_fetch(req, id, false, &rows);
+    if (rc < 0)
+        return rc;
+    (void)gr_json_only(&r, req->json, "", keys);
+    product_read_uuid(&r, req->json, "", "file_id", GR_JSON_REQUIRED, &file_id, NULL);
+    (void)gr_json_int(&r, req->json, "", "position", GR_JSON_OPTIONAL, 0, PRODUCT_IMAGE_POS_MAX,
+                      &pos, &has_pos);
+    if (resp->errs.n > 0)
+        return GR_EVALID;
+
+    rc = gr_db_query(req->db, req->arena,
+                     "SELECT COUNT(*), COALESCE(MAX(position) + 1, 0),"
+                     " SUM(CASE WHEN file_id = $2 THEN 1 ELSE 0 END)"
+                     " FROM product_images WHERE product_id = $1",
+                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(file_id) }, 2, &rows);
+    if (rc < 0)
+        return rc;
+    if (gr_db_int(rows, 0, 2) > 0)
+        return gr_resp_problem(req, resp, GR_ECONFLICT, "image_exists",
+                               "file '%s' is already an image of this product", file_id);
+    if (gr_db_int(rows, 0, 0) >= PRODUCT_IMAGES_MAX)
+        return gr_resp_problem(req, resp, GR_EVALID, "too_many_images",
+                               "a product has at most %d images", PRODUCT_IMAGES_MAX);
+    if (!has_pos) {
+        pos = gr_db_int(rows, 0, 1);
+        if (pos > PRODUCT_IMAGE_POS_MAX)
+            pos = PRODUCT_IMAGE_POS_MAX;
+    }
+    product_now(now);
+    rc = gr_db_exec(req->db,
+                    "INSERT INTO product_images (product_id, file_id, position, created_at)"
+                    " VALUES ($1, $2, $3, $4)",
+                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(file_id), GR_DB_INT(pos),
+                                          GR_DB_TEXT(now) },
+                    4, NULL);
+    if (rc == GR_ECONFLICT)
+        return gr_resp_problem(req, resp, GR_ECONFLICT, "image_exists",
+                               "file '%s' is already an image of this product", file_id);
+    if (rc < 0)
+        return rc;
+    rc = gr_db_exec(req->db, "UPDATE products SET updated_at = $2 WHERE id = $1",
+                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
+    if (rc < 0)
+        return rc;
+    rc = product_load_full(req, id, &p);
+    if (rc < 0)
+        return rc;
+    rc = product_event(req, "product.updated", p);
+    if (rc < 0)
+        return rc;
+    img = product_own(req, json_pack("{s:s,s:s,s:I,s:s}", "product_id", id, "file_id", file_id,
+                                     "position", (json_int_t)pos, "created_at", now));
+    product_created(req, resp,
+                    gr_arena_printf(req->arena, "/api/v1/products/%s/images/%s", id, file_id), img);
+    return 0;
+}
+
+int products_image_delete(struct gr_req *req, struct gr_resp *resp)
+{
+    const char *id = gr_req_param(req, "id");
+    const char *file_id = gr_req_param(req, "file_id");
+    struct gr_db_rows *rows = NULL;
+    char now[GR_TIME_STR_LEN];
+    long long changes = 0;
+    json_t *p = NULL;
+    int rc;
+
+    rc = product_fetch(req, id, false, &rows);
+    if (rc < 0)
+        return rc;
+    rc = gr_db_exec(req->db, "DELETE FROM product_images WHERE product_id = $1 AND file_id = $2",
+                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(file_id) }, 2, &changes);
+    if (rc < 0)
+        return rc;
+    if (changes == 0)
+        return GR_ENOTFOUND;
+    product_now(now);
+    rc = gr_db_exec(req->db, "UPDATE products SET updated_at = $2 WHERE id = $1",
+                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
+    if (rc < 0)
+        return rc;
+    rc = product_load_full(req, id, &p);
+    if (rc < 0)
+        return rc;
+    rc = product_event(req, "product.updated", p);
+    if (rc < 0)
+        return rc;
+    gr_resp_json(resp, 204, NULL);
+    return 0;
+}

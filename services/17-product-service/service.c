@@ -1,0 +1,25 @@
+/*
+ * service.c - product-service (SERVICES §17): the catalogue of products, their variants (SKU
+ * and price), categories and images, on :8007 under /api/v1/products and /api/v1/categories.
+ * Everything shared (config, DB and migrations, JWT, HTTP, platform routes) is gr_main's.
+ */
+#include "gr/service.h"
+#include "gr/db.h"
+#include "product.h"
+
+static const struct gr_service product_service = {
+    .name = "product-service",
+    .id = "17-product-service",
+    .version = "0.1.0",
+    .port = 8007,
+    .routes = product_routes,
+    .nroutes = PRODUCT_NROUTES,
+    .migrations = gr_svc_migrations,
+    .openapi_json = gr_svc_openapi_json,
+    .sqlite_sync_full = true, /* prices that orders are charged from */
+};
+
+int main(int argc, char **argv)
+{
+    return gr_main(&product_service, argc, argv);
+}
