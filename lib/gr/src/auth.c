@@ -53,6 +53,7 @@ struct gr_auth {
     char *issuer;
     char *audience;
     pthread_mutex_t mu;  /* guards everything below */
+    pthread_cond_t cv;   /* signalled when a fetch ends */
     struct keyset *keys; /* NULL until the JWKS was loaded once */
     bool fetching;
     bool tried;
@@ -363,9 +364,10 @@ out:
 }
 
 /*
- * Loads the JWKS unless a load is running or one was tried less than the retry interval ago
- * (GR_AUTH_REFETCH_S once keys exist, GR_AUTH_RETRY_MS before). Only the thread that wins the
- * right to fetch does so, without holding the mutex; the others return at once.
+ * Loads the JWKS unless one was tried less than the retry interval ago (GR_AUTH_REFETCH_S once
+ * keys exist, GR_AUTH_RETRY_MS before). Only the thread that wins the right to fetch does so,
+ * without holding the mutex; threads arriving while it runs wait for its result (bounded by
+ * the fetch timeout), so the first burst of tokens after start-up is not refused.
  */
 static void keys_refresh(struct gr_auth *au)
 {
@@ -382,7 +384,13 @@ static void keys_refresh(struct gr_auth *au)
     now = gr_time_now_ms();
     interval = au->keys ? (int64_t)GR_AUTH_REFETCH_S * 1000 : GR_AUTH_RETRY_MS;
     /* A clock moved backwards (tests) counts as "long enough ago". */
-    if (au->fetching || (au->tried && now >= au->last_try_ms && now - au->last_try_ms < interval)) {
+    if (au->fetching) {
+        while (au->fetching)
+            pthread_cond_wait(&au->cv, &au->mu);
+        pthread_mutex_unlock(&au->mu);
+        return;
+    }
+    if (au->tried && now >= au->last_try_ms && now - au->last_try_ms < interval) {
         pthread_mutex_unlock(&au->mu);
         return;
     }
@@ -412,6 +420,7 @@ static void keys_refresh(struct gr_auth *au)
         snprintf(nkeys, sizeof(nkeys), "%zu", ks->n);
     }
     au->fetching = false;
+    pthread_cond_broadcast(&au->cv);
     pthread_mutex_unlock(&au->mu);
     keyset_free(old);
     if (rc < 0) {
@@ -458,6 +467,7 @@ static struct gr_auth *auth_alloc(enum source src, const char *url, const char *
     au->issuer = gr_xstrdup(issuer);
     au->audience = gr_xstrdup(audience);
     pthread_mutex_init(&au->mu, NULL);
+    pthread_cond_init(&au->cv, NULL);
     return au;
 }
 
@@ -563,6 +573,7 @@ void gr_auth_free(struct gr_auth *au)
         return;
     keyset_free(au->keys);
     pthread_mutex_destroy(&au->mu);
+    pthread_cond_destroy(&au->cv);
     gr_free(au->url);
     gr_free(au->issuer);
     gr_free(au->audience);

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <unistd.h>
 
 #include "gr/auth.h"
 #include "gr/db.h"
@@ -512,6 +513,37 @@ int gr_req_begin(struct gr_req *req)
     return 0;
 }
 
+#define BUSY_ATTEMPTS 4
+
+static void reset_response(struct gr_resp *resp)
+{
+    if (resp->json)
+        json_decref(resp->json);
+    memset(resp, 0, sizeof(*resp));
+}
+
+/* The handler, inside a transaction on GR_R_TX routes (committed only on success). */
+static int run_handler(struct gr_req *req, struct gr_resp *resp)
+{
+    int rc;
+
+    if (req->route->flags & GR_R_TX) {
+        rc = gr_db_begin(req->db);
+        if (rc < 0)
+            return rc;
+    }
+    rc = req->route->handler(req, resp);
+    if (rc == 0 && resp->status >= 400)
+        rc = gr_err_from_http_status(resp->status);
+    if ((req->route->flags & GR_R_TX) && gr_db_in_tx(req->db)) {
+        if (rc == 0)
+            rc = gr_db_commit(req->db);
+        else
+            (void)gr_db_rollback(req->db);
+    }
+    return rc;
+}
+
 /* Body is in: query, JSON, DB, transaction, handler. */
 static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *conn)
 {
@@ -540,19 +572,25 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
         if (rc < 0)
             return rc;
     }
-    if (req->route->flags & GR_R_TX) {
-        rc = gr_req_begin(req);
-        if (rc < 0)
-            return rc;
-    }
-    rc = req->route->handler(req, &st->resp);
-    if (rc == 0 && st->resp.status >= 400)
-        rc = gr_err_from_http_status(st->resp.status);
-    if ((req->route->flags & GR_R_TX) && req->db && gr_db_in_tx(req->db)) {
-        if (rc == 0)
-            rc = gr_db_commit(req->db);
-        else
+    for (int attempt = 1;; attempt++) {
+        rc = run_handler(req, &st->resp);
+        if (rc != GR_EBUSY || attempt == BUSY_ATTEMPTS)
+            break;
+        /*
+         * A serialization failure or lock timeout: nothing was committed, so run the handler
+         * again on a clean response after a short jittered pause.
+         */
+        if (req->db && gr_db_in_tx(req->db))
             (void)gr_db_rollback(req->db);
+        reset_response(&st->resp);
+        {
+            char id[GR_ID_LEN];
+            unsigned jitter;
+
+            gr_id_new(id);
+            jitter = (unsigned)(id[35] & 0x0f);
+            usleep((useconds_t)(attempt * 2000 + jitter * 250));
+        }
     }
     return rc;
 }

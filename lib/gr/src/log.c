@@ -67,6 +67,12 @@ static bool is_secret_key(const char *k)
     return false;
 }
 
+static bool is_reserved_key(const char *k)
+{
+    return strcmp(k, "time") == 0 || strcmp(k, "level") == 0 || strcmp(k, "service") == 0 ||
+           strcmp(k, "msg") == 0;
+}
+
 static void stamp(char *out, size_t n)
 {
     struct timespec ts;
@@ -134,7 +140,14 @@ void gr_log(int level, const char *msg, ...)
             v = "[redacted]";
         if (g_json) {
             (void)gr_buf_putc(&b, ',');
-            (void)gr_buf_json_str(&b, k, strlen(k));
+            /* A caller's field must not duplicate a key every line has (strict parsers
+             * reject duplicate keys): it is written with an "x_" prefix instead. */
+            if (is_reserved_key(k))
+                (void)gr_buf_puts(&b, "\"x_");
+            else
+                (void)gr_buf_putc(&b, '"');
+            (void)gr_buf_puts(&b, k);
+            (void)gr_buf_putc(&b, '"');
             (void)gr_buf_putc(&b, ':');
             (void)gr_buf_json_str(&b, v, strlen(v));
         } else {

@@ -255,6 +255,8 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
         fprintf(stderr, "%s: %s\n", svc->id, err);
         return 2;
     }
+    /* Load the keys now when they are reachable; otherwise the first token loads them. */
+    (void)gr_auth_ready(p->ctx.auth);
     if (gr_metrics_new(&p->ctx.metrics) < 0)
         return 1;
     rc = open_db(p);

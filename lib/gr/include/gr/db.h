@@ -1,0 +1,183 @@
+/*
+ * gr/db.h - one database API over SQLite and PostgreSQL (libpq), STYLE §6.
+ *
+ * SQL is written once with bound parameters `$1…$n` for both engines (R22): never build SQL by
+ * concatenating strings. A struct gr_db is the shared, thread-safe handle of one database; each
+ * thread gets its own struct gr_db_conn from gr_db_conn() (created on first use, kept in a
+ * thread-local cache, closed by gr_db_close). Results are fully materialised into the caller's
+ * arena, so nothing is released by hand. Process-wide state: an atomic counter numbering
+ * handles, and per-thread caches of (handle, connection) pairs; both are thread-safe.
+ *
+ * Transactions: gr_db_begin is BEGIN IMMEDIATE on SQLite (writers serialise up front) and
+ * BEGIN ISOLATION LEVEL SERIALIZABLE on PostgreSQL, so read-modify-write code that is correct on
+ * SQLite stays correct on PostgreSQL; a PostgreSQL serialization failure comes back as
+ * GR_EBUSY. Both engines behave like PostgreSQL after an error inside a transaction: the
+ * transaction is failed, further statements return GR_EDB, gr_db_commit rolls it back and
+ * returns the first error. Call gr_db_rollback on every error path (it is always safe).
+ *
+ * Error codes: unique, primary key and foreign key violations give GR_ECONFLICT; check and
+ * not-null violations give GR_EVALID; lock contention after the busy timeout, serialization
+ * failures and deadlocks give GR_EBUSY; an unreachable server gives GR_EUNAVAIL; a malformed
+ * URL gives GR_ECONFIG; everything else gives GR_EDB. Engine errors are logged at warn with
+ * the first 80 characters of the SQL, never with parameter values (constraint violations, which
+ * are client errors, at debug).
+ */
+#ifndef GR_DB_H
+#define GR_DB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "gr/arena.h"
+#include "gr/status.h"
+
+#define GR_DB_MAX_PARAMS 256     /* parameters per statement */
+#define GR_DB_MAX_ROWS   1000000 /* rows per result; more gives GR_ETOOBIG */
+#define GR_DB_STMT_CACHE 64      /* prepared statements kept per connection (LRU) */
+#define GR_DB_ERRMSG_MAX 256     /* bytes of the last engine message kept per connection */
+
+enum gr_db_engine { GR_DB_SQLITE = 1, GR_DB_PG = 2 };
+
+/*
+ * One forward-only migration. Arrays end with an entry whose name is NULL. Both SQL texts are
+ * required (scripts/embed.py fills both, from one portable file or per-engine variants); they
+ * may hold several statements but no BEGIN/COMMIT.
+ */
+struct gr_migration {
+    const char *name;       /* "0001_init"; borrowed */
+    const char *sql_sqlite; /* borrowed */
+    const char *sql_pg;     /* borrowed */
+};
+
+struct gr_db;      /* opaque, thread-safe handle: config + per-thread connections */
+struct gr_db_conn; /* one connection, used by one thread at a time */
+struct gr_db_rows; /* a fully materialised result, allocated in an arena */
+
+struct gr_db_opts {
+    bool sqlite_sync_full; /* synchronous=FULL (money/stock/order tables) else NORMAL */
+    int busy_timeout_ms;   /* how long a writer waits for a lock; <= 0 means 5000 */
+};
+
+enum gr_db_vtype { GR_DB_VNULL, GR_DB_VTEXT, GR_DB_VINT };
+
+/* A bound parameter value; build it with the macros below. Strings are borrowed for the call. */
+struct gr_db_val {
+    int type; /* enum gr_db_vtype */
+    const char *s;
+    long long i;
+};
+
+/* A function, not a ternary in the macro: gcc's -Waddress rejects `array ? … : …`. */
+static inline struct gr_db_val gr_db__val_text(const char *s)
+{
+    struct gr_db_val v = { .type = s ? GR_DB_VTEXT : GR_DB_VNULL, .s = s, .i = 0 };
+    return v;
+}
+
+#define GR_DB_TEXT(x) gr_db__val_text(x) /* NULL gives SQL NULL */
+#define GR_DB_INT(x)  ((struct gr_db_val){ .type = GR_DB_VINT, .i = (x) })
+#define GR_DB_NULL    ((struct gr_db_val){ .type = GR_DB_VNULL })
+
+/**
+ * Opens the database named by @url:
+ *   "sqlite:///abs/path.db", "sqlite://relative/path.db" (relative to the working directory),
+ *   "postgres://…" or "postgresql://…" (a libpq URI, checked with PQconninfoParse).
+ * For SQLite the parent directory is created (mkdir -p), the file is opened once and switched
+ * to WAL. For PostgreSQL nothing is connected yet: connections are made lazily per thread, and
+ * gr_db_ping tells whether the server is reachable.
+ * @opts may be NULL (defaults). On success *@out is the handle (free it with gr_db_close).
+ * Errors: GR_ECONFIG for a malformed URL or an SQLite file that cannot be created, with one
+ * line in @err (@errlen bytes, may be 0) naming the problem, e.g.
+ * "DATABASE_URL: unknown scheme 'mysql'".
+ */
+GR_MUST_CHECK int gr_db_open(const char *url, const struct gr_db_opts *opts, struct gr_db **out,
+                             char *err, size_t errlen);
+
+/** Closes every thread's connection and frees @db. Call after all threads stopped using it. */
+void gr_db_close(struct gr_db *db);
+
+/** GR_DB_SQLITE or GR_DB_PG. */
+int gr_db_engine(const struct gr_db *db);
+
+/**
+ * The calling thread's connection to @db in *@out (borrowed: valid until gr_db_close, no
+ * release call). Created on first use; a broken PostgreSQL connection outside a transaction is
+ * reconnected here. A thread's connection stays open after the thread exits, until
+ * gr_db_close (or a new thread that is given the same pthread_t takes it over), so use
+ * long-lived threads (a pool). Errors: GR_EUNAVAIL when the server cannot be reached (logged
+ * at warn).
+ */
+GR_MUST_CHECK int gr_db_conn(struct gr_db *db, struct gr_db_conn **out);
+
+/**
+ * Runs one statement with @nparams bound parameters (`$1…$n`; every one of them must appear in
+ * the SQL, and $k may appear several times) and materialises its rows into @a: *@out and all
+ * strings it returns are arena memory. Several statements in one @sql give GR_EDB.
+ * Both engines prepare each distinct SQL text once per connection and keep it (PostgreSQL:
+ * named server-side statements, so a pooler in front must keep sessions, e.g. pgbouncer in
+ * session mode); write SQL as constant texts. On PostgreSQL a statement that fails because the
+ * connection broke is retried once on a new connection when no transaction was open.
+ * Errors: see the file comment; GR_ETOOBIG beyond GR_DB_MAX_ROWS rows.
+ */
+GR_MUST_CHECK int gr_db_query(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
+                              const struct gr_db_val *params, size_t nparams,
+                              struct gr_db_rows **out);
+
+/**
+ * Like gr_db_query for statements whose rows are not needed (INSERT, UPDATE, DDL). *@changes
+ * (may be NULL) receives the number of rows inserted, updated or deleted.
+ */
+GR_MUST_CHECK int gr_db_exec(struct gr_db_conn *c, const char *sql, const struct gr_db_val *params,
+                             size_t nparams, long long *changes);
+
+/** Number of rows of a result. */
+size_t gr_db_nrows(const struct gr_db_rows *r);
+/** Number of columns of a result. */
+size_t gr_db_ncols(const struct gr_db_rows *r);
+/** Name of column @col (arena; NULL when out of range). */
+const char *gr_db_colname(const struct gr_db_rows *r, size_t col);
+/**
+ * Value at @row, @col as text (arena): NULL for SQL NULL or out of range; integers as decimal
+ * text; PostgreSQL booleans as "t"/"f".
+ */
+const char *gr_db_text(const struct gr_db_rows *r, size_t row, size_t col);
+/** Value as an integer: 0 for NULL, out of range or non-numeric text; "t"/"f" give 1/0. */
+long long gr_db_int(const struct gr_db_rows *r, size_t row, size_t col);
+/** True for SQL NULL (and out of range). */
+bool gr_db_isnull(const struct gr_db_rows *r, size_t row, size_t col);
+
+/**
+ * Opens a transaction: SQLite BEGIN IMMEDIATE, retried with jittered backoff until the busy
+ * timeout; PostgreSQL BEGIN ISOLATION LEVEL SERIALIZABLE. A transaction already open gives
+ * GR_EINTERNAL (a bug in the caller). GR_EBUSY when the write lock could not be had in time.
+ */
+GR_MUST_CHECK int gr_db_begin(struct gr_db_conn *c);
+/**
+ * Commits. On any failure the transaction is rolled back, so none is open afterwards. When a
+ * statement failed inside the transaction, nothing is committed and that statement's error is
+ * returned. Serialization failures at commit give GR_EBUSY.
+ */
+GR_MUST_CHECK int gr_db_commit(struct gr_db_conn *c);
+/** Rolls back; safe (and 0) when no transaction is open. */
+int gr_db_rollback(struct gr_db_conn *c);
+/** True while a transaction is open (also a failed one that still needs its rollback). */
+bool gr_db_in_tx(const struct gr_db_conn *c);
+/** The last engine error message, for logs; never contains parameter values; "" if none. */
+const char *gr_db_errmsg(const struct gr_db_conn *c);
+
+/** Runs "SELECT 1" on the calling thread's connection: 0, or GR_EUNAVAIL and friends. */
+GR_MUST_CHECK int gr_db_ping(struct gr_db *db);
+
+/**
+ * Applies, in order, each migration of @m not yet recorded for @service in
+ * schema_migrations(service, name, applied_at), each in its own transaction together with its
+ * record, logging "migration applied" for each. On PostgreSQL every step holds
+ * pg_advisory_xact_lock, so instances starting together apply each migration once.
+ * Errors: GR_ECONFIG when the database records a migration of @service that @m does not
+ * contain (forward-only) or @m repeats a name; GR_EDB when a migration fails (it leaves neither
+ * its record nor any of its schema); GR_EUNAVAIL / GR_EBUSY.
+ */
+GR_MUST_CHECK int gr_db_migrate(struct gr_db *db, const char *service,
+                                const struct gr_migration *m);
+
+#endif

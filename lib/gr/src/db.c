@@ -1,0 +1,723 @@
+/*
+ * db.c - the engine-independent half of gr_db: DATABASE_URL parsing, the handle, per-thread
+ * connections, statement dispatch with error logging, transactions and migrations. The
+ * engines live in db_sqlite.c and db_pg.c behind the gr_db__* calls of db_int.h.
+ *
+ * Per-thread connections: each thread keeps a small _Thread_local array of (db, id, conn)
+ * slots. A miss looks in the handle's list of connections (under its mutex) for one owned by
+ * the calling thread, else creates one; the list is what gr_db_close walks to close every
+ * thread's connection. The id, taken from a process-wide atomic counter, makes a slot left by
+ * a closed handle useless to a new handle allocated at the same address. Stale slots are only
+ * compared by address, never dereferenced.
+ *
+ * Transactions are tracked here (c->tx, c->tx_err) rather than read back from the engine, so
+ * both engines share PostgreSQL's rule that an error fails the whole transaction, and a
+ * PostgreSQL connection lost inside a transaction is never silently replaced by a new one
+ * in autocommit mode.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "db_int.h"
+#include "gr/log.h"
+
+#define TL_SLOTS         8
+#define MIGRATE_LOCK_KEY 0x67726d6967726174LL /* "grmigrat" */
+#define LOG_SQL_MAX      80
+
+struct tl_slot {
+    const struct gr_db *db;
+    uint64_t id;
+    struct gr_db_conn *conn;
+};
+
+static atomic_uint_fast64_t next_db_id = 1;
+static _Thread_local struct tl_slot tl_cache[TL_SLOTS];
+static _Thread_local unsigned tl_victim;
+
+static void set_msg(char *err, size_t errlen, const char *fmt, ...) GR_PRINTF(3, 4);
+static void set_msg(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+uint64_t gr_db__hash(const char *s)
+{
+    uint64_t h = 14695981039346656037ULL;
+
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+void gr_db__set_err(struct gr_db_conn *c, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    size_t n;
+
+    va_start(ap, fmt);
+    vsnprintf(c->errmsg, sizeof(c->errmsg), fmt, ap);
+    va_end(ap);
+    n = strlen(c->errmsg);
+    while (n > 0 && (c->errmsg[n - 1] == '\n' || c->errmsg[n - 1] == ' '))
+        c->errmsg[--n] = '\0';
+    snprintf(c->errcode, sizeof(c->errcode), "%s", code);
+}
+
+/* ---- URL and handle -------------------------------------------------------------------- */
+
+static int parse_sqlite_path(const char *path, char *err, size_t errlen)
+{
+    size_t n = strlen(path);
+
+    if (n == 0 || strcmp(path, "/") == 0) {
+        set_msg(err, errlen, "DATABASE_URL: sqlite path is empty");
+        return GR_ECONFIG;
+    }
+    if (n >= PATH_MAX) {
+        set_msg(err, errlen, "DATABASE_URL: sqlite path is longer than %d bytes", PATH_MAX - 1);
+        return GR_ECONFIG;
+    }
+    if (strpbrk(path, "?#")) {
+        set_msg(err, errlen, "DATABASE_URL: sqlite URL options ('?…') are not supported");
+        return GR_ECONFIG;
+    }
+    if (strcmp(path, ":memory:") == 0 || strncmp(path, "file:", 5) == 0) {
+        set_msg(err, errlen,
+                "DATABASE_URL: in-memory sqlite is not supported (connections are per thread)");
+        return GR_ECONFIG;
+    }
+    if (path[n - 1] == '/') {
+        set_msg(err, errlen, "DATABASE_URL: sqlite path '%s' names a directory", path);
+        return GR_ECONFIG;
+    }
+    return 0;
+}
+
+/* Splits @url into an engine and its target (file path or the URL itself). */
+static int parse_url(const char *url, int *engine, const char **target, char *err, size_t errlen)
+{
+    const char *sep;
+    size_t slen;
+
+    if (!url || !*url) {
+        set_msg(err, errlen, "DATABASE_URL: empty");
+        return GR_ECONFIG;
+    }
+    sep = strstr(url, "://");
+    if (!sep) {
+        /* Do not echo the URL: without a scheme we cannot tell where a password would be. */
+        set_msg(err, errlen, "DATABASE_URL: no scheme (expected sqlite:// or postgres://)");
+        return GR_ECONFIG;
+    }
+    slen = (size_t)(sep - url);
+    if (slen == 6 && strncmp(url, "sqlite", 6) == 0) {
+        *engine = GR_DB_SQLITE;
+        *target = sep + 3;
+        return parse_sqlite_path(*target, err, errlen);
+    }
+    if ((slen == 8 && strncmp(url, "postgres", 8) == 0) ||
+        (slen == 10 && strncmp(url, "postgresql", 10) == 0)) {
+        *engine = GR_DB_PG;
+        *target = url;
+        return gr_db__pg_check_url(url, err, errlen);
+    }
+    set_msg(err, errlen, "DATABASE_URL: unknown scheme '%.*s' (expected sqlite or postgres)",
+            (int)(slen > 32 ? 32 : slen), url);
+    return GR_ECONFIG;
+}
+
+/* mkdir -p of the directories leading to the file @path. */
+static int make_parents(const char *path, char *err, size_t errlen)
+{
+    char buf[PATH_MAX];
+    size_t n = strlen(path);
+
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+            set_msg(err, errlen, "DATABASE_URL: cannot create directory '%s': %s", buf,
+                    strerror(errno));
+            return GR_ECONFIG;
+        }
+        *p = '/';
+    }
+    return 0;
+}
+
+int gr_db_open(const char *url, const struct gr_db_opts *opts, struct gr_db **out, char *err,
+               size_t errlen)
+{
+    struct gr_db_opts o = { .sqlite_sync_full = false, .busy_timeout_ms = 5000 };
+    struct gr_db *db;
+    const char *target = NULL;
+    int engine = 0;
+    int rc;
+
+    *out = NULL;
+    set_msg(err, errlen, "%s", "");
+    if (opts)
+        o = *opts;
+    if (o.busy_timeout_ms <= 0)
+        o.busy_timeout_ms = 5000;
+    rc = parse_url(url, &engine, &target, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (engine == GR_DB_SQLITE) {
+        char *msg = gr_xmalloc(512);
+
+        rc = make_parents(target, msg, 512);
+        if (rc == 0)
+            rc = gr_db__lite_prepare_file(target, o.busy_timeout_ms, msg, 512);
+        if (rc < 0)
+            set_msg(err, errlen, "%s", msg);
+        gr_free(msg);
+        if (rc < 0)
+            return rc;
+    }
+    db = gr_xcalloc(1, sizeof(*db));
+    db->engine = engine;
+    db->id = atomic_fetch_add(&next_db_id, 1);
+    db->target = gr_xstrdup(target);
+    db->opts = o;
+    pthread_mutex_init(&db->mu, NULL);
+    *out = db;
+    return 0;
+}
+
+void gr_db_close(struct gr_db *db)
+{
+    struct gr_db_conn *c, *next;
+
+    if (!db)
+        return;
+    pthread_mutex_lock(&db->mu);
+    for (c = db->conns; c; c = next) {
+        next = c->next;
+        if (db->engine == GR_DB_SQLITE)
+            gr_db__lite_close(c);
+        else
+            gr_db__pg_close(c);
+        gr_free(c);
+    }
+    db->conns = NULL;
+    pthread_mutex_unlock(&db->mu);
+    pthread_mutex_destroy(&db->mu);
+    gr_free(db->target);
+    gr_free(db);
+}
+
+int gr_db_engine(const struct gr_db *db)
+{
+    return db->engine;
+}
+
+/* ---- per-thread connections ------------------------------------------------------------ */
+
+static struct gr_db_conn *find_or_create(struct gr_db *db)
+{
+    pthread_t self = pthread_self();
+    struct gr_db_conn *c;
+
+    pthread_mutex_lock(&db->mu);
+    for (c = db->conns; c; c = c->next) {
+        /* Also adopts the connection of an exited thread whose id was reused. */
+        if (pthread_equal(c->owner, self))
+            break;
+    }
+    if (!c) {
+        c = gr_xcalloc(1, sizeof(*c));
+        c->db = db;
+        c->owner = self;
+        c->rnd = ((uint64_t)(uintptr_t)c ^ (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL) | 1;
+        c->next = db->conns;
+        db->conns = c;
+    }
+    pthread_mutex_unlock(&db->mu);
+    return c;
+}
+
+static void cache_put(struct gr_db *db, struct gr_db_conn *c)
+{
+    unsigned slot = TL_SLOTS;
+
+    for (unsigned i = 0; i < TL_SLOTS; i++) {
+        if (tl_cache[i].db == db || tl_cache[i].db == NULL) {
+            slot = i;
+            break;
+        }
+    }
+    if (slot == TL_SLOTS)
+        slot = tl_victim++ % TL_SLOTS;
+    tl_cache[slot].db = db;
+    tl_cache[slot].id = db->id;
+    tl_cache[slot].conn = c;
+}
+
+/* Opens the engine connection if needed; reconnects a broken PG one outside a transaction. */
+static int ensure_open(struct gr_db_conn *c)
+{
+    int rc = 0;
+
+    if (c->db->engine == GR_DB_SQLITE) {
+        if (!c->lite)
+            rc = gr_db__lite_open(c);
+    } else if (!gr_db__pg_healthy(c)) {
+        if (c->tx) {
+            gr_db__set_err(c, "libpq", "connection lost inside a transaction");
+            return GR_EUNAVAIL;
+        }
+        rc = gr_db__pg_connect(c);
+    }
+    if (rc < 0)
+        gr_log_warn("db connect failed", "error", c->errmsg);
+    return rc;
+}
+
+int gr_db_conn(struct gr_db *db, struct gr_db_conn **out)
+{
+    struct gr_db_conn *c = NULL;
+    int rc;
+
+    *out = NULL;
+    for (unsigned i = 0; i < TL_SLOTS; i++) {
+        if (tl_cache[i].db == db && tl_cache[i].id == db->id) {
+            c = tl_cache[i].conn;
+            break;
+        }
+    }
+    if (!c) {
+        c = find_or_create(db);
+        cache_put(db, c);
+    }
+    /* Inside a transaction hand out the connection as it is, so the caller can roll back. */
+    if (!c->tx) {
+        rc = ensure_open(c);
+        if (rc < 0)
+            return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+/* ---- statements ------------------------------------------------------------------------ */
+
+static void log_failure(const struct gr_db_conn *c, const char *sql, int rc)
+{
+    char head[LOG_SQL_MAX + 1];
+    size_t n = strnlen(sql, LOG_SQL_MAX);
+
+    /* Cut on a UTF-8 boundary so the log line stays valid JSON text. */
+    if (sql[n] != '\0') {
+        while (n > 0 && ((unsigned char)sql[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(head, sql, n);
+    head[n] = '\0';
+    gr_log(rc == GR_ECONFLICT || rc == GR_EVALID ? GR_LOG_DEBUG : GR_LOG_WARN,
+           "db statement failed", "error", c->errmsg, "code", c->errcode, "status", gr_err_name(rc),
+           "sql", head, (char *)NULL);
+}
+
+static int engine_run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
+                      const struct gr_db_val *params, size_t nparams, struct gr_db_rows **out,
+                      long long *changes)
+{
+    if (c->db->engine == GR_DB_SQLITE)
+        return gr_db__lite_run(c, a, sql, params, nparams, out, changes);
+    return gr_db__pg_run(c, a, sql, params, nparams, out, changes);
+}
+
+static int run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
+               const struct gr_db_val *params, size_t nparams, struct gr_db_rows **out,
+               long long *changes)
+{
+    int rc;
+
+    GR_ASSERT(c && sql && (a || !out));
+    if (out)
+        *out = NULL;
+    if (changes)
+        *changes = 0;
+    if (nparams > GR_DB_MAX_PARAMS || (nparams && !params)) {
+        gr_db__set_err(c, "param", "%zu parameters (at most %d)", nparams, GR_DB_MAX_PARAMS);
+        rc = GR_EDB;
+        goto out;
+    }
+    if (c->tx && c->tx_err) {
+        gr_db__set_err(c, "txfail", "current transaction failed earlier; roll it back");
+        rc = GR_EDB;
+        goto out;
+    }
+    rc = ensure_open(c);
+    if (rc < 0) {
+        if (c->tx && !c->tx_err)
+            c->tx_err = rc;
+        return rc;
+    }
+    rc = engine_run(c, a, sql, params, nparams, out, changes);
+    if (rc == GR_EUNAVAIL && c->db->engine == GR_DB_PG && !c->tx && !gr_db__pg_healthy(c)) {
+        /* The server dropped an idle connection (restart, failover): retry once. */
+        gr_log_info("db connection lost, reconnecting", "error", c->errmsg);
+        rc = ensure_open(c);
+        if (rc == 0)
+            rc = engine_run(c, a, sql, params, nparams, out, changes);
+    }
+out:
+    if (rc < 0) {
+        log_failure(c, sql, rc);
+        if (c->tx && !c->tx_err)
+            c->tx_err = rc;
+    }
+    return rc;
+}
+
+int gr_db_query(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
+                const struct gr_db_val *params, size_t nparams, struct gr_db_rows **out)
+{
+    return run(c, a, sql, params, nparams, out, NULL);
+}
+
+int gr_db_exec(struct gr_db_conn *c, const char *sql, const struct gr_db_val *params,
+               size_t nparams, long long *changes)
+{
+    return run(c, NULL, sql, params, nparams, NULL, changes);
+}
+
+/* ---- results --------------------------------------------------------------------------- */
+
+size_t gr_db_nrows(const struct gr_db_rows *r)
+{
+    return r ? r->nrows : 0;
+}
+
+size_t gr_db_ncols(const struct gr_db_rows *r)
+{
+    return r ? r->ncols : 0;
+}
+
+const char *gr_db_colname(const struct gr_db_rows *r, size_t col)
+{
+    return r && col < r->ncols ? r->colnames[col] : NULL;
+}
+
+const char *gr_db_text(const struct gr_db_rows *r, size_t row, size_t col)
+{
+    if (!r || row >= r->nrows || col >= r->ncols)
+        return NULL;
+    return r->cells[row * r->ncols + col];
+}
+
+long long gr_db_int(const struct gr_db_rows *r, size_t row, size_t col)
+{
+    const char *s = gr_db_text(r, row, col);
+    char *end;
+    long long v;
+
+    if (!s)
+        return 0;
+    if (strcmp(s, "t") == 0)
+        return 1;
+    if (strcmp(s, "f") == 0)
+        return 0;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (end == s || errno == ERANGE)
+        return 0;
+    return v;
+}
+
+bool gr_db_isnull(const struct gr_db_rows *r, size_t row, size_t col)
+{
+    return gr_db_text(r, row, col) == NULL;
+}
+
+/* ---- transactions ---------------------------------------------------------------------- */
+
+static bool engine_in_tx(const struct gr_db_conn *c)
+{
+    if (c->db->engine == GR_DB_SQLITE)
+        return gr_db__lite_in_tx(c);
+    return gr_db__pg_in_tx(c);
+}
+
+/* @pg_sql: the PostgreSQL BEGIN statement (its isolation level). */
+static int begin_tx(struct gr_db_conn *c, const char *pg_sql)
+{
+    int rc;
+
+    if (c->tx) {
+        gr_db__set_err(c, "nested", "transaction already open");
+        gr_log_error("db begin inside a transaction");
+        return GR_EINTERNAL;
+    }
+    if (c->db->engine == GR_DB_SQLITE) {
+        rc = ensure_open(c);
+        if (rc < 0)
+            return rc;
+        rc = gr_db__lite_begin(c);
+        if (rc < 0)
+            log_failure(c, "BEGIN IMMEDIATE", rc);
+    } else {
+        rc = run(c, NULL, pg_sql, NULL, 0, NULL, NULL);
+    }
+    if (rc == 0) {
+        c->tx = true;
+        c->tx_err = 0;
+    }
+    return rc;
+}
+
+int gr_db_begin(struct gr_db_conn *c)
+{
+    return begin_tx(c, "BEGIN ISOLATION LEVEL SERIALIZABLE");
+}
+
+int gr_db_rollback(struct gr_db_conn *c)
+{
+    int rc = 0;
+
+    c->tx = false;
+    c->tx_err = 0;
+    if (engine_in_tx(c)) {
+        rc = engine_run(c, NULL, "ROLLBACK", NULL, 0, NULL, NULL);
+        if (rc < 0)
+            log_failure(c, "ROLLBACK", rc);
+    }
+    return rc;
+}
+
+int gr_db_commit(struct gr_db_conn *c)
+{
+    int rc;
+
+    if (!c->tx) {
+        gr_db__set_err(c, "notx", "no transaction open");
+        gr_log_error("db commit without a transaction");
+        return GR_EINTERNAL;
+    }
+    if (c->tx_err) {
+        rc = c->tx_err;
+        gr_log_debug("db commit of a failed transaction, rolled back");
+        goto fail;
+    }
+    if (c->db->engine == GR_DB_PG && !gr_db__pg_healthy(c)) {
+        gr_db__set_err(c, "libpq", "connection lost inside a transaction");
+        rc = GR_EUNAVAIL;
+        log_failure(c, "COMMIT", rc);
+        goto fail;
+    }
+    rc = engine_run(c, NULL, "COMMIT", NULL, 0, NULL, NULL);
+    if (rc < 0) {
+        log_failure(c, "COMMIT", rc);
+        goto fail;
+    }
+    c->tx = false;
+    c->tx_err = 0;
+    return 0;
+fail:
+    (void)gr_db_rollback(c);
+    return rc;
+}
+
+bool gr_db_in_tx(const struct gr_db_conn *c)
+{
+    return c->tx;
+}
+
+const char *gr_db_errmsg(const struct gr_db_conn *c)
+{
+    return c->errmsg;
+}
+
+int gr_db_ping(struct gr_db *db)
+{
+    struct gr_db_conn *c;
+    int rc;
+
+    rc = gr_db_conn(db, &c);
+    if (rc < 0)
+        return rc;
+    return gr_db_exec(c, "SELECT 1", NULL, 0, NULL);
+}
+
+/* ---- migrations ------------------------------------------------------------------------ */
+
+static const char create_sql[] = "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                                 "service TEXT NOT NULL, name TEXT NOT NULL, "
+                                 "applied_at TEXT NOT NULL, PRIMARY KEY (service, name))";
+
+static void now_rfc3339(char out[64])
+{
+    struct timespec ts;
+    struct tm tm;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Opens a migration transaction; on PostgreSQL it also takes the migration lock. READ
+ * COMMITTED there, because a SERIALIZABLE snapshot would be taken by the lock statement itself,
+ * before the wait, and would not show what the instance we waited for has just recorded.
+ */
+static int migrate_begin(struct gr_db_conn *c)
+{
+    struct gr_db_val key = GR_DB_INT(MIGRATE_LOCK_KEY);
+    int rc = begin_tx(c, "BEGIN ISOLATION LEVEL READ COMMITTED");
+
+    if (rc == 0 && c->db->engine == GR_DB_PG)
+        rc = gr_db_exec(c, "SELECT pg_advisory_xact_lock(CAST($1 AS BIGINT))", &key, 1, NULL);
+    return rc;
+}
+
+static bool in_list(const struct gr_migration *m, const char *name)
+{
+    for (size_t i = 0; m[i].name; i++) {
+        if (strcmp(m[i].name, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Applies @m unless another instance recorded it first. */
+static int migrate_one(struct gr_db_conn *c, struct gr_arena *a, const char *service,
+                       const struct gr_migration *m)
+{
+    struct gr_db_val p[3] = { GR_DB_TEXT(service), GR_DB_TEXT(m->name), GR_DB_NULL };
+    const char *sql = c->db->engine == GR_DB_SQLITE ? m->sql_sqlite : m->sql_pg;
+    struct gr_db_rows *r;
+    char stamp[64], ms[24];
+    int64_t t0 = mono_ms();
+    int rc;
+
+    if (!sql) {
+        gr_log_error("migration has no sql for this engine", "service", service, "name", m->name);
+        return GR_ECONFIG;
+    }
+    rc = migrate_begin(c);
+    if (rc < 0)
+        goto out;
+    rc = gr_db_query(c, a, "SELECT 1 FROM schema_migrations WHERE service = $1 AND name = $2", p, 2,
+                     &r);
+    if (rc < 0 || gr_db_nrows(r) > 0)
+        goto out;
+    if (c->db->engine == GR_DB_SQLITE)
+        rc = gr_db__lite_script(c, sql);
+    else
+        rc = gr_db__pg_script(c, sql);
+    if (rc < 0) {
+        gr_log_error("migration failed", "service", service, "name", m->name, "error", c->errmsg,
+                     "code", c->errcode);
+        if (rc != GR_EUNAVAIL && rc != GR_EBUSY)
+            rc = GR_EDB;
+        goto out;
+    }
+    now_rfc3339(stamp);
+    p[2] = GR_DB_TEXT(stamp);
+    rc = gr_db_exec(c,
+                    "INSERT INTO schema_migrations (service, name, applied_at) "
+                    "VALUES ($1, $2, $3)",
+                    p, 3, NULL);
+    if (rc < 0)
+        goto out;
+    rc = gr_db_commit(c);
+    if (rc < 0)
+        goto out;
+    snprintf(ms, sizeof(ms), "%lld", (long long)(mono_ms() - t0));
+    gr_log_info("migration applied", "service", service, "name", m->name, "ms", ms);
+out:
+    if (gr_db_in_tx(c))
+        (void)gr_db_rollback(c);
+    return rc;
+}
+
+int gr_db_migrate(struct gr_db *db, const char *service, const struct gr_migration *m)
+{
+    static const struct gr_migration none[] = { { NULL, NULL, NULL } };
+    struct gr_db_val p[1] = { GR_DB_TEXT(service) };
+    struct gr_arena a = GR_ARENA_INIT;
+    struct gr_db_conn *c = NULL;
+    struct gr_db_rows *r;
+    int rc;
+
+    if (!m)
+        m = none;
+    for (size_t i = 0; m[i].name; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(m[i].name, m[j].name) == 0) {
+                gr_log_error("migration listed twice", "service", service, "name", m[i].name);
+                return GR_ECONFIG;
+            }
+        }
+    }
+    rc = gr_db_conn(db, &c);
+    if (rc < 0)
+        goto out;
+    rc = migrate_begin(c);
+    if (rc < 0)
+        goto out;
+    rc = gr_db_exec(c, create_sql, NULL, 0, NULL);
+    if (rc < 0)
+        goto out;
+    rc = gr_db_query(c, &a, "SELECT name FROM schema_migrations WHERE service = $1", p, 1, &r);
+    if (rc < 0)
+        goto out;
+    for (size_t i = 0; i < gr_db_nrows(r); i++) {
+        const char *name = gr_db_text(r, i, 0);
+
+        if (!in_list(m, name)) {
+            gr_log_error("database has a migration this build does not know", "service", service,
+                         "name", name);
+            rc = GR_ECONFIG;
+            goto out;
+        }
+    }
+    rc = gr_db_commit(c);
+    if (rc < 0)
+        goto out;
+    for (size_t i = 0; m[i].name; i++) {
+        bool done = false;
+
+        for (size_t j = 0; j < gr_db_nrows(r) && !done; j++)
+            done = strcmp(gr_db_text(r, j, 0), m[i].name) == 0;
+        if (done)
+            continue;
+        rc = migrate_one(c, &a, service, &m[i]);
+        if (rc < 0)
+            goto out;
+    }
+out:
+    if (c && gr_db_in_tx(c))
+        (void)gr_db_rollback(c);
+    gr_arena_release(&a);
+    return rc;
+}

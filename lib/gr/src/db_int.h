@@ -1,0 +1,97 @@
+/*
+ * db_int.h - internals shared by db.c (URLs, per-thread connections, results, transactions,
+ * migrations) and the two engine files db_sqlite.c and db_pg.c. Never included by services.
+ */
+#ifndef GR_DB_INT_H
+#define GR_DB_INT_H
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdint.h>
+
+#include "gr/db.h"
+
+struct gr_db {
+    int engine;
+    uint64_t id;  /* unique per gr_db_open: guards thread-local caches against address reuse */
+    char *target; /* SQLite file path or PostgreSQL URL; owned */
+    struct gr_db_opts opts;
+    pthread_mutex_t mu;       /* guards conns */
+    struct gr_db_conn *conns; /* every thread's connection, for gr_db_close */
+};
+
+struct gr_db__stmt {
+    uint64_t hash;
+    char *sql; /* owned */
+    sqlite3_stmt *st;
+    uint64_t used; /* LRU tick */
+};
+
+struct gr_db__pgstmt {
+    uint64_t hash;
+    char *sql; /* owned */
+    char name[24];
+    uint64_t used; /* LRU tick */
+};
+
+struct gr_db_conn {
+    struct gr_db *db;
+    struct gr_db_conn *next;
+    pthread_t owner;
+    bool tx;      /* gr_db_begin succeeded and no commit/rollback since */
+    int tx_err;   /* first error inside the open transaction, 0 if none */
+    uint64_t rnd; /* backoff jitter state */
+    char errmsg[GR_DB_ERRMSG_MAX];
+    char errcode[16]; /* SQLSTATE or SQLite extended code, for logs */
+    /* SQLite */
+    sqlite3 *lite;
+    struct gr_db__stmt cache[GR_DB_STMT_CACHE];
+    size_t ncache;
+    uint64_t tick;
+    /* PostgreSQL */
+    PGconn *pg;
+    struct gr_db__pgstmt pgcache[GR_DB_STMT_CACHE];
+    size_t npgcache;
+    uint64_t pgseq; /* names prepared statements "gr_<n>" */
+};
+
+struct gr_db_rows {
+    size_t nrows, ncols;
+    const char **colnames; /* ncols, arena */
+    const char **cells;    /* nrows * ncols, arena; NULL is SQL NULL */
+};
+
+/* FNV-1a of the SQL text, the statement caches' key. */
+uint64_t gr_db__hash(const char *s);
+/* Sets c->errmsg / c->errcode (truncating). */
+void gr_db__set_err(struct gr_db_conn *c, const char *code, const char *fmt, ...) GR_PRINTF(3, 4);
+
+/*
+ * Engine operations. run: one statement; rows into @a/@out when @out is non-NULL, changes into
+ * @changes when non-NULL. script: several statements, no parameters (migrations). All return
+ * 0 or a mapped GR_E* code with c->errmsg set.
+ */
+int gr_db__lite_open(struct gr_db_conn *c);
+void gr_db__lite_close(struct gr_db_conn *c);
+int gr_db__lite_run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
+                    const struct gr_db_val *params, size_t nparams, struct gr_db_rows **out,
+                    long long *changes);
+int gr_db__lite_script(struct gr_db_conn *c, const char *sql);
+int gr_db__lite_begin(struct gr_db_conn *c);
+bool gr_db__lite_in_tx(const struct gr_db_conn *c);
+/* Opens @path once to create it and switch it to WAL; message into @err. */
+int gr_db__lite_prepare_file(const char *path, int busy_timeout_ms, char *err, size_t errlen);
+
+int gr_db__pg_connect(struct gr_db_conn *c);
+void gr_db__pg_close(struct gr_db_conn *c);
+bool gr_db__pg_healthy(const struct gr_db_conn *c);
+int gr_db__pg_run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
+                  const struct gr_db_val *params, size_t nparams, struct gr_db_rows **out,
+                  long long *changes);
+int gr_db__pg_script(struct gr_db_conn *c, const char *sql);
+bool gr_db__pg_in_tx(const struct gr_db_conn *c);
+/* Validates a postgres:// URL; message into @err. */
+int gr_db__pg_check_url(const char *url, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,858 @@
+/*
+ * test_db.c - unit tests of gr_db against real engines: every test runs on a fresh SQLite file
+ * and, when GR_TEST_PG_URL names a PostgreSQL server (scripts/pg.sh start), on a fresh
+ * PostgreSQL database too (created per test with a unique name, dropped afterwards).
+ *
+ *   scripts/pg.sh start /tmp/pg && GR_TEST_PG_URL=$(cat /tmp/pg/url) ./test_db
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h> /* after setjmp.h, stdarg.h and stddef.h, which it needs */
+
+#include "gr/arena.h"
+#include "gr/db.h"
+#include "gr/log.h"
+
+#define NTHREADS 50
+#define NTX      20
+
+struct env {
+    int engine;
+    char url[600];
+    char dir[128];   /* SQLite: temporary directory */
+    char dbname[64]; /* PostgreSQL: the per-test database */
+    struct gr_db *db;
+    struct gr_db_conn *c;
+    struct gr_arena a;
+};
+
+static int engine_sqlite = GR_DB_SQLITE;
+static int engine_pg = GR_DB_PG;
+static const char *pg_base;    /* GR_TEST_PG_URL */
+static struct gr_db *pg_admin; /* connection to pg_base, for CREATE/DROP DATABASE */
+static int pg_seq;
+
+/* pg_base with its database name replaced by @name. */
+static void pg_url_for(const char *name, char *out, size_t n)
+{
+    const char *hostpart = strstr(pg_base, "://");
+    const char *slash, *query;
+
+    hostpart = hostpart ? hostpart + 3 : pg_base;
+    slash = strchr(hostpart, '/');
+    query = strchr(hostpart, '?');
+    if (!slash || (query && slash > query))
+        slash = query ? query : hostpart + strlen(hostpart);
+    snprintf(out, n, "%.*s/%s%s", (int)(slash - pg_base), pg_base, name, query ? query : "");
+}
+
+static int admin_exec(const char *sql)
+{
+    struct gr_db_conn *c;
+    int rc = gr_db_conn(pg_admin, &c);
+
+    if (rc == 0)
+        rc = gr_db_exec(c, sql, NULL, 0, NULL);
+    return rc;
+}
+
+static int setup(void **state)
+{
+    struct env *e = gr_xcalloc(1, sizeof(*e));
+    char err[256];
+
+    e->engine = *(int *)*state;
+    gr_arena_init(&e->a);
+    if (e->engine == GR_DB_SQLITE) {
+        snprintf(e->dir, sizeof(e->dir), "/tmp/gr_test_db_XXXXXX");
+        if (!mkdtemp(e->dir))
+            return -1;
+        /* sub/ does not exist yet: gr_db_open must create it. */
+        snprintf(e->url, sizeof(e->url), "sqlite://%s/sub/t.db", e->dir);
+    } else {
+        char sql[128];
+
+        snprintf(e->dbname, sizeof(e->dbname), "grt_%d_%d", (int)getpid(), ++pg_seq);
+        /* Identifiers cannot be bound; this name is made here from digits only. */
+        snprintf(sql, sizeof(sql), "CREATE DATABASE %s", e->dbname);
+        if (admin_exec(sql) != 0)
+            return -1;
+        pg_url_for(e->dbname, e->url, sizeof(e->url));
+    }
+    if (gr_db_open(e->url, NULL, &e->db, err, sizeof(err)) != 0) {
+        fprintf(stderr, "setup: %s\n", err);
+        return -1;
+    }
+    if (gr_db_conn(e->db, &e->c) != 0)
+        return -1;
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct env *e = *state;
+    char path[300];
+
+    gr_db_close(e->db);
+    gr_arena_release(&e->a);
+    if (e->engine == GR_DB_SQLITE) {
+        static const char *const files[] = { "sub/t.db", "sub/t.db-wal", "sub/t.db-shm" };
+
+        for (size_t i = 0; i < 3; i++) {
+            snprintf(path, sizeof(path), "%s/%s", e->dir, files[i]);
+            unlink(path);
+        }
+        snprintf(path, sizeof(path), "%s/sub", e->dir);
+        rmdir(path);
+        rmdir(e->dir);
+    } else {
+        char sql[128];
+
+        snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", e->dbname);
+        if (admin_exec(sql) != 0)
+            fprintf(stderr, "teardown: cannot drop %s\n", e->dbname);
+    }
+    gr_free(e);
+    return 0;
+}
+
+static void exec_ok(struct env *e, const char *sql)
+{
+    int rc = gr_db_exec(e->c, sql, NULL, 0, NULL);
+
+    if (rc != 0)
+        fprintf(stderr, "exec_ok: %s: %s\n", sql, gr_db_errmsg(e->c));
+    assert_int_equal(rc, 0);
+}
+
+static long long count_rows(struct env *e, const char *sql)
+{
+    struct gr_db_rows *r;
+
+    assert_int_equal(gr_db_query(e->c, &e->a, sql, NULL, 0, &r), 0);
+    assert_int_equal(gr_db_nrows(r), 1);
+    return gr_db_int(r, 0, 0);
+}
+
+/* ---- parameters and results ------------------------------------------------------------ */
+
+static void test_params(void **state)
+{
+    struct env *e = *state;
+    const char *quoted = "O'Reilly \"q\" ; DROP TABLE items; -- \\ %s";
+    const char *uni = "h\xc3\xa9llo \xe2\x9c\x93 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x9a\x80";
+    struct gr_db_val row1[] = { GR_DB_INT(1), GR_DB_TEXT(quoted), GR_DB_INT(9007199254740993LL),
+                                GR_DB_NULL };
+    struct gr_db_val row2[] = { GR_DB_INT(2), GR_DB_TEXT(uni), GR_DB_INT(-42),
+                                GR_DB_TEXT((const char *)NULL) };
+    struct gr_db_rows *r;
+    long long changes = -1;
+
+    exec_ok(e, "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, qty BIGINT, note TEXT)");
+    assert_int_equal(gr_db_exec(e->c,
+                                "INSERT INTO items (id, name, qty, note) VALUES ($1, $2, $3, $4)",
+                                row1, 4, &changes),
+                     0);
+    assert_int_equal(changes, 1);
+    assert_int_equal(gr_db_exec(e->c,
+                                "INSERT INTO items (id, name, qty, note) VALUES ($1, $2, $3, $4)",
+                                row2, 4, NULL),
+                     0);
+
+    assert_int_equal(
+        gr_db_query(e->c, &e->a, "SELECT id, name, qty, note FROM items ORDER BY id", NULL, 0, &r),
+        0);
+    assert_int_equal(gr_db_nrows(r), 2);
+    assert_int_equal(gr_db_ncols(r), 4);
+    assert_string_equal(gr_db_colname(r, 0), "id");
+    assert_string_equal(gr_db_colname(r, 3), "note");
+    assert_null(gr_db_colname(r, 4));
+    assert_string_equal(gr_db_text(r, 0, 0), "1");
+    assert_int_equal(gr_db_int(r, 0, 0), 1);
+    assert_string_equal(gr_db_text(r, 0, 1), quoted);
+    assert_string_equal(gr_db_text(r, 0, 2), "9007199254740993");
+    assert_true(gr_db_int(r, 0, 2) == 9007199254740993LL);
+    assert_true(gr_db_isnull(r, 0, 3));
+    assert_null(gr_db_text(r, 0, 3));
+    assert_int_equal(gr_db_int(r, 0, 3), 0);
+    assert_false(gr_db_isnull(r, 0, 1));
+    assert_string_equal(gr_db_text(r, 1, 1), uni);
+    assert_int_equal(gr_db_int(r, 1, 2), -42);
+    assert_true(gr_db_isnull(r, 1, 3));
+    assert_null(gr_db_text(r, 2, 0));
+    assert_true(gr_db_isnull(r, 0, 9));
+
+    /* $1 used twice, for text and for integers. */
+    struct gr_db_val p1[] = { GR_DB_TEXT(uni) };
+    assert_int_equal(gr_db_query(e->c, &e->a,
+                                 "SELECT id FROM items WHERE name = $1 OR note = $1 ORDER BY id",
+                                 p1, 1, &r),
+                     0);
+    assert_int_equal(gr_db_nrows(r), 1);
+    assert_int_equal(gr_db_int(r, 0, 0), 2);
+    struct gr_db_val p2[] = { GR_DB_INT(-42), GR_DB_INT(1) };
+    assert_int_equal(gr_db_query(e->c, &e->a,
+                                 "SELECT id FROM items WHERE qty = $1 OR id = $2 OR id = $2 "
+                                 "ORDER BY id",
+                                 p2, 2, &r),
+                     0);
+    assert_int_equal(gr_db_nrows(r), 2);
+
+    /* Booleans: PostgreSQL "t"/"f", SQLite 1/0. */
+    assert_int_equal(
+        gr_db_query(e->c, &e->a, "SELECT (qty > 0) AS pos FROM items ORDER BY id", NULL, 0, &r), 0);
+    assert_string_equal(gr_db_colname(r, 0), "pos");
+    assert_int_equal(gr_db_int(r, 0, 0), 1);
+    assert_int_equal(gr_db_int(r, 1, 0), 0);
+
+    /* Empty result keeps its columns. */
+    assert_int_equal(
+        gr_db_query(e->c, &e->a, "SELECT id, name FROM items WHERE id > $1", p2 + 1, 1, &r), 0);
+    assert_int_equal(gr_db_nrows(r), 1);
+    struct gr_db_val big[] = { GR_DB_INT(100) };
+    assert_int_equal(
+        gr_db_query(e->c, &e->a, "SELECT id, name FROM items WHERE id > $1", big, 1, &r), 0);
+    assert_int_equal(gr_db_nrows(r), 0);
+    assert_int_equal(gr_db_ncols(r), 2);
+}
+
+static void test_exec_changes(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_val one[] = { GR_DB_INT(5) };
+    long long changes = -1;
+
+    exec_ok(e, "CREATE TABLE c (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)");
+    exec_ok(e, "INSERT INTO c (id, n) VALUES (1, 0), (2, 0), (3, 7)");
+    assert_int_equal(gr_db_exec(e->c, "UPDATE c SET n = n + $1 WHERE n = 0", one, 1, &changes), 0);
+    assert_int_equal(changes, 2);
+    assert_int_equal(gr_db_exec(e->c, "DELETE FROM c WHERE n > $1", one, 1, &changes), 0);
+    assert_int_equal(changes, 1);
+    assert_int_equal(gr_db_exec(e->c, "DELETE FROM c WHERE n > $1", one, 1, &changes), 0);
+    assert_int_equal(changes, 0);
+    assert_int_equal(count_rows(e, "SELECT SUM(n) FROM c"), 10);
+}
+
+static void test_bad_statements(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_val one[] = { GR_DB_INT(1) };
+    struct gr_db_val weird[] = { { .type = 77 } };
+    struct gr_db_rows *r = (struct gr_db_rows *)1;
+
+    assert_int_equal(gr_db_query(e->c, &e->a, "SELECT 1; SELECT 2", NULL, 0, &r), GR_EDB);
+    assert_null(r);
+    assert_int_equal(gr_db_query(e->c, &e->a, "SELECT $1, $2", one, 1, &r), GR_EDB);
+    assert_int_equal(gr_db_query(e->c, &e->a, "SELECT 1", one, 1, &r), GR_EDB);
+    assert_int_equal(gr_db_exec(e->c, "SELEC 1", NULL, 0, NULL), GR_EDB);
+    assert_true(strlen(gr_db_errmsg(e->c)) > 0);
+    assert_int_equal(gr_db_exec(e->c, "SELECT * FROM no_such_table", NULL, 0, NULL), GR_EDB);
+    assert_int_equal(gr_db_exec(e->c, "SELECT 1 + $1", weird, 1, NULL), GR_EDB);
+    assert_int_equal(gr_db_exec(e->c, "", NULL, 0, NULL), GR_EDB);
+    /* The connection is still fine. */
+    assert_int_equal(count_rows(e, "SELECT 41 + 1"), 42);
+}
+
+static void test_stmt_cache(void **state)
+{
+    struct env *e = *state;
+    char sql[64];
+    struct gr_db_rows *r;
+
+    /* A cached statement survives a schema change that alters its result columns. */
+    exec_ok(e, "CREATE TABLE sc (id INTEGER PRIMARY KEY)");
+    exec_ok(e, "INSERT INTO sc (id) VALUES (1)");
+    assert_int_equal(gr_db_query(e->c, &e->a, "SELECT * FROM sc", NULL, 0, &r), 0);
+    assert_int_equal(gr_db_ncols(r), 1);
+    exec_ok(e, "ALTER TABLE sc ADD COLUMN extra TEXT");
+    assert_int_equal(gr_db_query(e->c, &e->a, "SELECT * FROM sc", NULL, 0, &r), 0);
+    assert_int_equal(gr_db_ncols(r), 2);
+    assert_string_equal(gr_db_colname(r, 1), "extra");
+
+    /* Three times the cache size: evictions, then re-preparing evicted statements. */
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 3 * GR_DB_STMT_CACHE; i++) {
+            struct gr_db_val p[] = { GR_DB_INT(1000) };
+
+            snprintf(sql, sizeof(sql), "SELECT %d + $1 AS v", i);
+            assert_int_equal(gr_db_query(e->c, &e->a, sql, p, 1, &r), 0);
+            assert_int_equal(gr_db_int(r, 0, 0), 1000 + i);
+        }
+    }
+}
+
+static void *conn_thread(void *arg)
+{
+    struct gr_db **db = arg;
+    struct gr_db_conn *c;
+
+    return gr_db_conn(*db, &c) == 0 ? c : NULL;
+}
+
+static void test_conn(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_conn *c1, *c2;
+    pthread_t t;
+    void *other;
+
+    assert_int_equal(gr_db_ping(e->db), 0);
+    assert_int_equal(gr_db_engine(e->db), e->engine);
+    assert_int_equal(gr_db_conn(e->db, &c1), 0);
+    assert_int_equal(gr_db_conn(e->db, &c2), 0);
+    assert_ptr_equal(c1, c2);
+    assert_ptr_equal(c1, e->c);
+    assert_int_equal(pthread_create(&t, NULL, conn_thread, &e->db), 0);
+    assert_int_equal(pthread_join(t, &other), 0);
+    assert_non_null(other);
+    assert_ptr_not_equal(other, c1);
+}
+
+/* ---- constraints ----------------------------------------------------------------------- */
+
+static void test_constraints(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_val p1[] = { GR_DB_TEXT("p1"), GR_DB_TEXT("secret-mail-4711@x"), GR_DB_INT(30) };
+    struct gr_db_val dup_pk[] = { GR_DB_TEXT("p1"), GR_DB_TEXT("other@x"), GR_DB_INT(30) };
+    struct gr_db_val dup_mail[] = { GR_DB_TEXT("p2"), GR_DB_TEXT("secret-mail-4711@x"),
+                                    GR_DB_INT(30) };
+    struct gr_db_val null_mail[] = { GR_DB_TEXT("p3"), GR_DB_NULL, GR_DB_INT(30) };
+    struct gr_db_val neg_age[] = { GR_DB_TEXT("p4"), GR_DB_TEXT("p4@x"), GR_DB_INT(-1) };
+    struct gr_db_val orphan[] = { GR_DB_TEXT("c1"), GR_DB_TEXT("nobody") };
+    struct gr_db_val child[] = { GR_DB_TEXT("c2"), GR_DB_TEXT("p1") };
+    const char *ins = "INSERT INTO parents (id, email, age) VALUES ($1, $2, $3)";
+
+    exec_ok(e, "CREATE TABLE parents (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, "
+               "age INTEGER CHECK (age >= 0))");
+    exec_ok(e, "CREATE TABLE children (id TEXT PRIMARY KEY, "
+               "parent_id TEXT NOT NULL REFERENCES parents (id))");
+    assert_int_equal(gr_db_exec(e->c, ins, p1, 3, NULL), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, dup_pk, 3, NULL), GR_ECONFLICT);
+    assert_int_equal(gr_db_exec(e->c, ins, dup_mail, 3, NULL), GR_ECONFLICT);
+    assert_null(strstr(gr_db_errmsg(e->c), "secret-mail"));
+    assert_true(strlen(gr_db_errmsg(e->c)) > 0);
+    assert_int_equal(gr_db_exec(e->c, ins, null_mail, 3, NULL), GR_EVALID);
+    assert_int_equal(gr_db_exec(e->c, ins, neg_age, 3, NULL), GR_EVALID);
+    assert_int_equal(
+        gr_db_exec(e->c, "INSERT INTO children (id, parent_id) VALUES ($1, $2)", orphan, 2, NULL),
+        GR_ECONFLICT);
+    assert_int_equal(
+        gr_db_exec(e->c, "INSERT INTO children (id, parent_id) VALUES ($1, $2)", child, 2, NULL),
+        0);
+    /* Deleting a referenced parent is a conflict too. */
+    assert_int_equal(gr_db_exec(e->c, "DELETE FROM parents WHERE id = $1", p1, 1, NULL),
+                     GR_ECONFLICT);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM parents"), 1);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM children"), 1);
+}
+
+/* ---- transactions ---------------------------------------------------------------------- */
+
+static void test_tx(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_val a[] = { GR_DB_TEXT("a") }, b[] = { GR_DB_TEXT("b") },
+                     c[] = { GR_DB_TEXT("c") };
+    const char *ins = "INSERT INTO t (k) VALUES ($1)";
+
+    exec_ok(e, "CREATE TABLE t (k TEXT PRIMARY KEY)");
+    assert_int_equal(gr_db_rollback(e->c), 0); /* nothing open: fine */
+    assert_false(gr_db_in_tx(e->c));
+
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_true(gr_db_in_tx(e->c));
+    assert_int_equal(gr_db_exec(e->c, ins, a, 1, NULL), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, b, 1, NULL), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM t"), 2);
+    assert_int_equal(gr_db_rollback(e->c), 0);
+    assert_false(gr_db_in_tx(e->c));
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM t"), 0);
+
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_begin(e->c), GR_EINTERNAL);
+    assert_true(gr_db_in_tx(e->c));
+    assert_int_equal(gr_db_exec(e->c, ins, c, 1, NULL), 0);
+    assert_int_equal(gr_db_commit(e->c), 0);
+    assert_false(gr_db_in_tx(e->c));
+    assert_int_equal(gr_db_commit(e->c), GR_EINTERNAL);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM t"), 1);
+
+    /* An error fails the whole transaction, on both engines. */
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, a, 1, NULL), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, c, 1, NULL), GR_ECONFLICT);
+    assert_int_equal(gr_db_exec(e->c, ins, b, 1, NULL), GR_EDB);
+    assert_true(gr_db_in_tx(e->c));
+    assert_int_equal(gr_db_commit(e->c), GR_ECONFLICT);
+    assert_false(gr_db_in_tx(e->c));
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM t"), 1);
+
+    /* And the connection works normally afterwards. */
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, a, 1, NULL), 0);
+    assert_int_equal(gr_db_commit(e->c), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM t"), 2);
+}
+
+/* Lock contention: SQLite waits for the busy timeout, PostgreSQL fails the later writer. */
+static void test_busy(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_opts quick = { .busy_timeout_ms = 100 };
+    struct gr_db_val x[] = { GR_DB_TEXT("x") };
+    struct gr_db *other;
+    struct gr_db_conn *c2;
+    struct gr_db_rows *r;
+    char err[256];
+
+    exec_ok(e, "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)");
+    exec_ok(e, "INSERT INTO kv (k, v) VALUES ('x', 1)");
+    /* A second handle gives this thread a second connection. */
+    assert_int_equal(gr_db_open(e->url, &quick, &other, err, sizeof(err)), 0);
+    assert_int_equal(gr_db_conn(other, &c2), 0);
+    assert_ptr_not_equal(c2, e->c);
+
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_query(e->c, &e->a, "SELECT v FROM kv WHERE k = $1", x, 1, &r), 0);
+    if (e->engine == GR_DB_SQLITE) {
+        /* The first connection holds the write lock for longer than the 100 ms timeout. */
+        assert_int_equal(gr_db_exec(c2, "UPDATE kv SET v = v + 1 WHERE k = $1", x, 1, NULL),
+                         GR_EBUSY);
+        assert_int_equal(gr_db_begin(c2), GR_EBUSY);
+        assert_false(gr_db_in_tx(c2));
+        assert_int_equal(gr_db_exec(e->c, "UPDATE kv SET v = v + 10 WHERE k = $1", x, 1, NULL), 0);
+        assert_int_equal(gr_db_commit(e->c), 0);
+        assert_int_equal(count_rows(e, "SELECT v FROM kv"), 11);
+    } else {
+        /* The other connection commits first; the serializable transaction must not win. */
+        assert_int_equal(gr_db_exec(c2, "UPDATE kv SET v = v + 1 WHERE k = $1", x, 1, NULL), 0);
+        assert_int_equal(gr_db_exec(e->c, "UPDATE kv SET v = v + 10 WHERE k = $1", x, 1, NULL),
+                         GR_EBUSY);
+        assert_int_equal(gr_db_commit(e->c), GR_EBUSY);
+        assert_false(gr_db_in_tx(e->c));
+        assert_int_equal(count_rows(e, "SELECT v FROM kv"), 2);
+    }
+    /* Afterwards both connections work. */
+    assert_int_equal(gr_db_begin(c2), 0);
+    assert_int_equal(gr_db_exec(c2, "UPDATE kv SET v = 0 WHERE k = $1", x, 1, NULL), 0);
+    assert_int_equal(gr_db_commit(c2), 0);
+    assert_int_equal(count_rows(e, "SELECT v FROM kv"), 0);
+    gr_db_close(other);
+}
+
+/* ---- migrations ------------------------------------------------------------------------ */
+
+#define M1                                                                                         \
+    "CREATE TABLE ma (id TEXT PRIMARY KEY);\nCREATE TABLE mb (id TEXT PRIMARY KEY, a_id TEXT "     \
+    "REFERENCES ma (id));"
+#define M2                                                                                         \
+    "ALTER TABLE ma ADD COLUMN note TEXT;\nINSERT INTO ma (id, note) VALUES ('seed', 'it''s');"
+#define M3 "CREATE TABLE md (id TEXT);\nINSERT INTO no_such_table (x) VALUES (1);"
+
+static const struct gr_migration mig_all[] = {
+    { "0001_init", M1, M1 },
+    { "0002_note", M2, M2 },
+    { NULL, NULL, NULL },
+};
+static const struct gr_migration mig_first[] = {
+    { "0001_init", M1, M1 },
+    { NULL, NULL, NULL },
+};
+static const struct gr_migration mig_bad[] = {
+    { "0001_init", M1, M1 },
+    { "0002_note", M2, M2 },
+    { "0003_bad", M3, M3 },
+    { NULL, NULL, NULL },
+};
+static const struct gr_migration mig_dup[] = {
+    { "0001_init", M1, M1 },
+    { "0001_init", M1, M1 },
+    { NULL, NULL, NULL },
+};
+static const struct gr_migration mig_other[] = {
+    { "0001_init", "CREATE TABLE other_t (id TEXT)", "CREATE TABLE other_t (id TEXT)" },
+    { NULL, NULL, NULL },
+};
+
+static void test_migrations(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_rows *r;
+    struct gr_db_val svc[] = { GR_DB_TEXT("svc") };
+    const char *list = "SELECT name, applied_at FROM schema_migrations WHERE service = $1 "
+                       "ORDER BY name";
+
+    assert_int_equal(gr_db_migrate(e->db, "svc", mig_all), 0);
+    assert_int_equal(gr_db_query(e->c, &e->a, list, svc, 1, &r), 0);
+    assert_int_equal(gr_db_nrows(r), 2);
+    assert_string_equal(gr_db_text(r, 0, 0), "0001_init");
+    assert_string_equal(gr_db_text(r, 1, 0), "0002_note");
+    assert_int_equal(strlen(gr_db_text(r, 0, 1)), 24); /* 2026-01-02T03:04:05.678Z */
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM ma WHERE note = 'it''s'"), 1);
+
+    /* Re-running is a no-op: the seed row is not inserted twice. */
+    assert_int_equal(gr_db_migrate(e->db, "svc", mig_all), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM ma"), 1);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM schema_migrations"), 2);
+
+    /* The database knows 0002_note, this "build" does not: refuse. */
+    assert_int_equal(gr_db_migrate(e->db, "svc", mig_first), GR_ECONFIG);
+    assert_int_equal(gr_db_migrate(e->db, "svc", mig_dup), GR_ECONFIG);
+
+    /* A failing migration leaves neither its record nor its table. */
+    assert_int_equal(gr_db_migrate(e->db, "svc", mig_bad), GR_EDB);
+    assert_int_equal(gr_db_query(e->c, &e->a, list, svc, 1, &r), 0);
+    assert_int_equal(gr_db_nrows(r), 2);
+    assert_int_equal(gr_db_exec(e->c, "SELECT COUNT(*) FROM md", NULL, 0, NULL), GR_EDB);
+    assert_false(gr_db_in_tx(e->c));
+
+    /* Services are independent; an empty list is fine. */
+    assert_int_equal(gr_db_migrate(e->db, "other", mig_other), 0);
+    assert_int_equal(gr_db_migrate(e->db, "empty", NULL), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM schema_migrations"), 3);
+}
+
+/* Two handles migrating the same database at once apply each migration once. */
+struct mig_arg {
+    const char *url;
+    int rc;
+};
+
+static void *migrate_thread(void *p)
+{
+    struct mig_arg *m = p;
+    struct gr_db *db = NULL;
+    char err[256];
+
+    m->rc = gr_db_open(m->url, NULL, &db, err, sizeof(err));
+    if (m->rc == 0)
+        m->rc = gr_db_migrate(db, "race", mig_all);
+    gr_db_close(db);
+    return NULL;
+}
+
+static void test_migrate_race(void **state)
+{
+    struct env *e = *state;
+    struct mig_arg args[4];
+    pthread_t t[4];
+
+    for (int i = 0; i < 4; i++) {
+        args[i].url = e->url;
+        assert_int_equal(pthread_create(&t[i], NULL, migrate_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(args[i].rc, 0);
+    }
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM schema_migrations"), 2);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM ma"), 1);
+}
+
+/* ---- URLs ------------------------------------------------------------------------------ */
+
+static void test_bad_urls(void **state)
+{
+    static const struct {
+        const char *url;
+        const char *want;
+    } cases[] = {
+        { "", "DATABASE_URL: empty" },
+        { "mysql://u@h/db", "unknown scheme 'mysql'" },
+        { "/var/lib/x.db", "no scheme" },
+        { "sqlite://", "sqlite path is empty" },
+        { "sqlite:///", "sqlite path is empty" },
+        { "sqlite:///tmp/x.db?mode=ro", "not supported" },
+        { "sqlite://:memory:", "in-memory" },
+        { "sqlite:///tmp/somedir/", "names a directory" },
+        { "sqlite:///proc/no/such/x.db", "cannot create directory '/proc/no'" },
+        { "sqlite:///proc/version", "sqlite database '/proc/version'" },
+        { "postgres://u@h/db?nosuchoption=1", "invalid postgres URL" },
+        { "postgresql://[::1/db", "invalid postgres URL" },
+    };
+    char longurl[PATH_MAX + 64];
+    struct gr_db *db;
+    char err[256];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        db = (struct gr_db *)1;
+        memset(err, 0, sizeof(err));
+        assert_int_equal(gr_db_open(cases[i].url, NULL, &db, err, sizeof(err)), GR_ECONFIG);
+        assert_null(db);
+        if (!strstr(err, cases[i].want) || strncmp(err, "DATABASE_URL: ", 14) != 0)
+            fail_msg("url '%s': message '%s' lacks '%s'", cases[i].url, err, cases[i].want);
+    }
+    assert_int_equal(gr_db_open(NULL, NULL, &db, err, sizeof(err)), GR_ECONFIG);
+    assert_int_equal(gr_db_open("mysql://x", NULL, &db, NULL, 0), GR_ECONFIG);
+    memcpy(longurl, "sqlite:///", 10);
+    memset(longurl + 10, 'a', PATH_MAX + 10);
+    longurl[PATH_MAX + 20] = '\0';
+    assert_int_equal(gr_db_open(longurl, NULL, &db, err, sizeof(err)), GR_ECONFIG);
+    assert_non_null(strstr(err, "too long") ? err : strstr(err, "longer"));
+}
+
+static void test_pg_lazy(void **state)
+{
+    struct gr_db *db = NULL;
+    struct gr_db_conn *c = (struct gr_db_conn *)1;
+    char err[256];
+
+    (void)state;
+    /* Port 1 on loopback: nothing listens. Opening works, using does not. */
+    assert_int_equal(gr_db_open("postgres://postgres@127.0.0.1:1/x", NULL, &db, err, sizeof(err)),
+                     0);
+    assert_int_equal(gr_db_engine(db), GR_DB_PG);
+    assert_int_equal(gr_db_ping(db), GR_EUNAVAIL);
+    assert_int_equal(gr_db_conn(db, &c), GR_EUNAVAIL);
+    assert_null(c);
+    gr_db_close(db);
+}
+
+/* ---- concurrency ----------------------------------------------------------------------- */
+
+struct conc {
+    struct gr_db *db;
+    pthread_barrier_t go;
+    atomic_int errors;
+    atomic_int ok;
+    atomic_int conflicts;
+    bool in_tx;
+    int first_err;
+};
+
+struct conc_arg {
+    struct conc *s;
+    int n;
+};
+
+static void *tx_thread(void *argp)
+{
+    struct conc_arg *arg = argp;
+    struct conc *s = arg->s;
+    struct gr_db_conn *c;
+    char key[32];
+
+    pthread_barrier_wait(&s->go);
+    if (gr_db_conn(s->db, &c) != 0) {
+        atomic_fetch_add(&s->errors, NTX);
+        return NULL;
+    }
+    for (int i = 0; i < NTX; i++) {
+        struct gr_db_val p[] = { GR_DB_TEXT(key), GR_DB_INT(arg->n) };
+        int rc;
+
+        snprintf(key, sizeof(key), "t%d-%d", arg->n, i);
+        rc = gr_db_begin(c);
+        if (rc == 0)
+            rc = gr_db_exec(c, "INSERT INTO rows_t (k, thread) VALUES ($1, $2)", p, 2, NULL);
+        if (rc == 0)
+            rc = gr_db_commit(c);
+        if (rc != 0) {
+            (void)gr_db_rollback(c);
+            if (atomic_fetch_add(&s->errors, 1) == 0)
+                s->first_err = rc;
+        }
+    }
+    return NULL;
+}
+
+static void run_threads(struct conc *s, void *(*fn)(void *))
+{
+    struct conc_arg args[NTHREADS];
+    pthread_t t[NTHREADS];
+
+    assert_int_equal(pthread_barrier_init(&s->go, NULL, NTHREADS), 0);
+    for (int i = 0; i < NTHREADS; i++) {
+        args[i].s = s;
+        args[i].n = i;
+        assert_int_equal(pthread_create(&t[i], NULL, fn, &args[i]), 0);
+    }
+    for (int i = 0; i < NTHREADS; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    pthread_barrier_destroy(&s->go);
+}
+
+static void test_concurrent_tx(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_opts full = { .sqlite_sync_full = true, .busy_timeout_ms = 5000 };
+    struct gr_db *dbfull;
+    char err[256];
+
+    exec_ok(e, "CREATE TABLE rows_t (k TEXT PRIMARY KEY, thread INTEGER NOT NULL)");
+    /* Once with synchronous=NORMAL, once with FULL (a second handle on the same database). */
+    assert_int_equal(gr_db_open(e->url, &full, &dbfull, err, sizeof(err)), 0);
+    for (int round = 0; round < 2; round++) {
+        struct conc s = { .db = round ? dbfull : e->db };
+
+        assert_int_equal(gr_db_exec(e->c, "DELETE FROM rows_t", NULL, 0, NULL), 0);
+        run_threads(&s, tx_thread);
+        if (atomic_load(&s.errors) != 0)
+            fail_msg("%d errors, first %s", atomic_load(&s.errors), gr_err_name(s.first_err));
+        assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM rows_t"), NTHREADS * NTX);
+        assert_int_equal(count_rows(e, "SELECT COUNT(DISTINCT thread) FROM rows_t"), NTHREADS);
+    }
+    gr_db_close(dbfull);
+}
+
+static void *race_thread(void *p)
+{
+    struct conc_arg *arg = p;
+    struct conc *s = arg->s;
+    struct gr_db_val k[] = { GR_DB_TEXT(s->in_tx ? "the-key-tx" : "the-key") };
+    struct gr_db_conn *c;
+    int rc;
+
+    /* Connect first so that the barrier releases everyone straight into the INSERT. */
+    rc = gr_db_conn(s->db, &c);
+    pthread_barrier_wait(&s->go);
+    if (rc == 0 && s->in_tx)
+        rc = gr_db_begin(c);
+    if (rc == 0)
+        rc = gr_db_exec(c, "INSERT INTO race (k) VALUES ($1)", k, 1, NULL);
+    if (rc == 0 && s->in_tx)
+        rc = gr_db_commit(c);
+    if (rc != 0)
+        (void)gr_db_rollback(c);
+    if (rc == 0)
+        atomic_fetch_add(&s->ok, 1);
+    else if (rc == GR_ECONFLICT)
+        atomic_fetch_add(&s->conflicts, 1);
+    else if (atomic_fetch_add(&s->errors, 1) == 0)
+        s->first_err = rc;
+    return NULL;
+}
+
+static void test_unique_race(void **state)
+{
+    struct env *e = *state;
+
+    exec_ok(e, "CREATE TABLE race (k TEXT PRIMARY KEY)");
+    for (int tx = 0; tx < 2; tx++) {
+        struct conc s = { .db = e->db, .in_tx = tx };
+
+        run_threads(&s, race_thread);
+        if (atomic_load(&s.errors) != 0)
+            fail_msg("%d errors, first %s", atomic_load(&s.errors), gr_err_name(s.first_err));
+        assert_int_equal(atomic_load(&s.ok), 1);
+        assert_int_equal(atomic_load(&s.conflicts), NTHREADS - 1);
+    }
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM race"), 2);
+}
+
+/* ---- PostgreSQL connection loss -------------------------------------------------------- */
+
+static long long backend_pid(struct env *e)
+{
+    return count_rows(e, "SELECT pg_backend_pid()");
+}
+
+static void kill_backend(struct env *e, long long pid)
+{
+    struct gr_db *other;
+    struct gr_db_conn *c;
+    struct gr_db_rows *r;
+    struct gr_db_val p[] = { GR_DB_INT(pid) };
+    char err[256];
+
+    /* A second handle gives this thread a second connection to do the killing. */
+    assert_int_equal(gr_db_open(e->url, NULL, &other, err, sizeof(err)), 0);
+    assert_int_equal(gr_db_conn(other, &c), 0);
+    assert_int_equal(gr_db_query(c, &e->a, "SELECT pg_terminate_backend($1, 5000)", p, 1, &r), 0);
+    assert_int_equal(gr_db_int(r, 0, 0), 1);
+    gr_db_close(other);
+}
+
+static void test_pg_reconnect(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_val v[] = { GR_DB_TEXT("x") };
+    struct gr_db_conn *c;
+    long long pid;
+
+    if (e->engine != GR_DB_PG)
+        skip();
+    exec_ok(e, "CREATE TABLE rc (k TEXT PRIMARY KEY)");
+
+    /* Outside a transaction the statement is retried on a new connection. */
+    pid = backend_pid(e);
+    kill_backend(e, pid);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO rc (k) VALUES ($1)", v, 1, NULL), 0);
+    assert_true(backend_pid(e) != pid);
+
+    /* Inside one it is not: the transaction is lost and reported. */
+    pid = backend_pid(e);
+    assert_int_equal(gr_db_begin(e->c), 0);
+    kill_backend(e, pid);
+    assert_int_equal(gr_db_exec(e->c, "DELETE FROM rc", NULL, 0, NULL), GR_EUNAVAIL);
+    assert_true(gr_db_in_tx(e->c));
+    /* The caller can still get its connection to roll back. */
+    assert_int_equal(gr_db_conn(e->db, &c), 0);
+    assert_ptr_equal(c, e->c);
+    assert_int_equal(gr_db_exec(e->c, "DELETE FROM rc", NULL, 0, NULL), GR_EDB);
+    assert_int_equal(gr_db_commit(e->c), GR_EUNAVAIL);
+    assert_false(gr_db_in_tx(e->c));
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM rc"), 1);
+}
+
+#define TESTS(X)                                                                                   \
+    X(test_params)                                                                                 \
+    X(test_exec_changes)                                                                           \
+    X(test_bad_statements)                                                                         \
+    X(test_stmt_cache)                                                                             \
+    X(test_conn)                                                                                   \
+    X(test_constraints)                                                                            \
+    X(test_tx)                                                                                     \
+    X(test_busy)                                                                                   \
+    X(test_migrations)                                                                             \
+    X(test_migrate_race)                                                                           \
+    X(test_concurrent_tx)                                                                          \
+    X(test_unique_race)                                                                            \
+    X(test_pg_reconnect)
+
+#define LITE_TEST(t) cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_sqlite),
+#define PG_TEST(t)   cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_pg),
+
+int main(void)
+{
+    const struct CMUnitTest common[] = {
+        cmocka_unit_test(test_bad_urls),
+        cmocka_unit_test(test_pg_lazy),
+    };
+    const struct CMUnitTest lite[] = { TESTS(LITE_TEST) };
+    const struct CMUnitTest pg[] = { TESTS(PG_TEST) };
+    const char *lvl = getenv("GR_TEST_LOG");
+    int failed = 0;
+    char err[256];
+
+    gr_log_setup("test_db", lvl ? gr_log_level_parse(lvl) : GR_LOG_OFF, true);
+    failed += cmocka_run_group_tests_name("db_common", common, NULL, NULL);
+    failed += cmocka_run_group_tests_name("db_sqlite", lite, NULL, NULL);
+    pg_base = getenv("GR_TEST_PG_URL");
+    if (pg_base && *pg_base) {
+        if (gr_db_open(pg_base, NULL, &pg_admin, err, sizeof(err)) != 0 ||
+            gr_db_ping(pg_admin) != 0) {
+            fprintf(stderr, "GR_TEST_PG_URL unusable: %s\n", err);
+            return 1;
+        }
+        failed += cmocka_run_group_tests_name("db_pg", pg, NULL, NULL);
+        gr_db_close(pg_admin);
+    } else {
+        fprintf(stderr, "GR_TEST_PG_URL not set: PostgreSQL tests skipped\n");
+    }
+    return failed ? 1 : 0;
+}
