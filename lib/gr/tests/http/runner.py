@@ -167,7 +167,7 @@ def _check_directive(step, line, lineno):
         var, src = var.strip(), src.strip()
         if not eq or not SAVE_NAME_RE.match(var) or not src:
             raise CaseError("line %d: usage: @save NAME = /pointer | header:NAME" % lineno)
-        if var == "uniq" or ":" in var:
+        if var in ("uniq", "seq") or ":" in var:
             raise CaseError("line %d: @save cannot define %r" % (lineno, var))
         if not (src.startswith("/") or src.startswith("header:") or src.startswith("{{")):
             raise CaseError("line %d: @save source must be a JSON Pointer or header:NAME" % lineno)
@@ -924,7 +924,10 @@ class CaseRun:
             raise CaseError("unknown variable {{%s}}" % name)
         return VAR_RE.sub(one, text)
 
-    def build_request(self, step):
+    def build_request(self, step, seq=0):
+        # {{seq}} is the index of a request within @parallel (0 otherwise), so N racing
+        # requests can differ in one field (e.g. 50 slugs, one SKU).
+        self.vars["seq"] = str(seq)
         path = self.subst(step.path)
         headers = [(k, self.subst(v)) for k, v in step.headers]
         for name, n, text in step.header_repeats:
@@ -1048,6 +1051,7 @@ class CaseRun:
     def run_step(self, step):
         """Run one step; raise StepFailure or CaseError; return a short result."""
         path, headers, body = self.build_request(step)
+        reqs = [self.build_request(step, i) for i in range(step.parallel)] if step.parallel else []
         need_snap = any(d == "nochange" for d, _, _ in step.checks)
         before = self.db.snapshot() if need_snap else None
         n = step.parallel or 1
@@ -1057,7 +1061,8 @@ class CaseRun:
 
             def worker(i):
                 try:
-                    results[i] = send_request(self.port, step.method, path, headers, body, barrier)
+                    results[i] = send_request(self.port, step.method, reqs[i][0], reqs[i][1],
+                                              reqs[i][2], barrier)
                 except StepFailure as e:
                     results[i] = e
 
