@@ -33,6 +33,8 @@ for t in "$B"/tests/test_*; do
     run "unit $(basename "$t")" "$t"
 done
 
+run "start-up configuration errors" tests/startup/test-config.sh "$B"
+
 if [ -x tests/gravity/test-up.sh ]; then
     run "gravity up" tests/gravity/test-up.sh "$B"
 fi

@@ -9,6 +9,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "db_int.h"
@@ -20,8 +21,27 @@ int gr_db__pg_check_url(const char *url, char *err, size_t errlen)
     PQconninfoOption *o = PQconninfoParse(url, &msg);
 
     if (o) {
+        int rc = 0;
+
+        /* libpq only checks the port when it connects; a typo must stop start-up instead. */
+        for (PQconninfoOption *opt = o; opt->keyword && rc == 0; opt++) {
+            const char *v = opt->val;
+            bool ok = true;
+            long port = 0;
+
+            if (!v || strcmp(opt->keyword, "port") != 0)
+                continue;
+            for (const char *q = v; *q && ok; q++) {
+                ok = *q >= '0' && *q <= '9' && q - v < 5;
+                port = port * 10 + (*q - '0');
+            }
+            if (!ok || !*v || port < 1 || port > 65535) {
+                snprintf(err, errlen, "DATABASE_URL: port must be a number in 1..65535");
+                rc = GR_ECONFIG;
+            }
+        }
         PQconninfoFree(o);
-        return 0;
+        return rc;
     }
     snprintf(err, errlen, "DATABASE_URL: invalid postgres URL: %.*s",
              msg ? (int)strcspn(msg, "\n") : 13, msg ? msg : "out of memory");

@@ -181,11 +181,12 @@ static int open_db(struct platform *p)
     }
     /* A PostgreSQL that is still starting is waited for; anything else fails at once. */
     deadline = gr_time_mono_ms() + 30000;
-    for (;;) {
+    for (int attempt = 0;; attempt++) {
         rc = gr_db_migrate(p->ctx.db, svc->name, svc->migrations);
         if (rc != GR_EUNAVAIL || gr_time_mono_ms() > deadline)
             break;
-        gr_log_warn("database unreachable, retrying migrations");
+        if (attempt % 10 == 0)
+            gr_log_warn("database unreachable, retrying migrations for up to 30 s");
         usleep(500 * 1000);
     }
     if (rc < 0)
@@ -255,8 +256,6 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
         fprintf(stderr, "%s: %s\n", svc->id, err);
         return 2;
     }
-    /* Load the keys now when they are reachable; otherwise the first token loads them. */
-    (void)gr_auth_ready(p->ctx.auth);
     if (gr_metrics_new(&p->ctx.metrics) < 0)
         return 1;
     rc = open_db(p);
@@ -264,6 +263,8 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
         release(p);
         return rc == GR_ECONFIG ? 2 : 1;
     }
+    /* Load the keys now when they are reachable; otherwise the first token loads them. */
+    (void)gr_auth_ready(p->ctx.auth);
     if (svc->init) {
         rc = svc->init(&p->ctx, &p->ctx.app);
         if (rc < 0) {
