@@ -34,6 +34,7 @@ for t in "$B"/tests/test_*; do
 done
 
 run "start-up configuration errors" tests/startup/test-config.sh "$B"
+run "openapi documents every route" "$PY" tests/startup/test-openapi.py "$B"
 
 if [ -x tests/gravity/test-up.sh ]; then
     run "gravity up" tests/gravity/test-up.sh "$B"

@@ -137,7 +137,7 @@ static const struct gr_route platform_routes[] = {
 static void usage(const struct gr_service *svc)
 {
     printf("%s %s - Gravity service (default port %d)\n"
-           "usage: %s [--describe | --version | --help]\n"
+           "usage: %s [--describe | --routes | --openapi | --version | --help]\n"
            "Configuration comes from the environment (see README.md): PORT, HOST, DATA_DIR,\n"
            "DATABASE_URL, JWKS_URL, JWT_ISSUER, JWT_AUDIENCE, LOG_LEVEL, LOG_FORMAT, HTTP_THREADS,\n"
            "HTTP_MAX_BODY, HTTP_TIMEOUT, DRAIN_TIMEOUT, CURSOR_SECRET.\n",
@@ -219,6 +219,15 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "--describe") == 0) {
         printf("{\"name\":\"%s\",\"id\":\"%s\",\"version\":\"%s\",\"port\":%d}\n", svc->name,
                svc->id, svc->version, svc->port);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "--routes") == 0) {
+        for (size_t i = 0; i < svc->nroutes; i++)
+            printf("%s %s\n", svc->routes[i].method, svc->routes[i].pattern);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "--openapi") == 0) {
+        fputs(svc->openapi_json ? svc->openapi_json : "{}", stdout);
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "--version") == 0) {
