@@ -1,7 +1,9 @@
 /*
  * product.h - the product service's own declarations: the route table, the handlers of
- * products.c, variants.c and categories.c, and the helpers of product_db.c that they share
- * (row to JSON, validation of the fields several resources have, derived prices, events).
+ * products.c, variants.c and categories.c, the helpers of product_db.c that they share
+ * (validation of the fields several resources have, SQL built from constant fragments, pages
+ * of products with their variants and images, derived prices, events) and the JSON text of
+ * products and variants (product_json.c).
  *
  * Every json_t these helpers hand out is owned by the request arena (its json_decref is
  * deferred on req->arena), so callers never release one and pass json_incref(v) to
@@ -41,15 +43,29 @@
 /* Column lists shared by the SELECTs of product_db.c and the handlers (table aliases p, v, c). */
 #define PRODUCT_COLS                                                                               \
     "p.id, p.title, p.slug, p.description, p.brand, p.status, p.category_id, p.attributes, "       \
-    "p.min_price, p.max_price, p.currency, p.version, p.created_at, p.updated_at"
+    "p.min_price, p.max_price, p.currency, p.version, p.created_at, p.updated_at, "                \
+    "(SELECT 1 FROM product_images pi WHERE pi.product_id = p.id LIMIT 1)"
 #define VARIANT_COLS                                                                               \
     "v.id, v.product_id, v.sku, v.price_amount, v.price_currency, v.weight_g, v.options, "         \
     "v.archived, v.version, v.created_at, v.updated_at"
 #define CATEGORY_COLS                                                                              \
     "c.id, c.parent_id, c.name, c.slug, c.path, c.version, c.created_at, c.updated_at"
 
-/* Column numbers of PRODUCT_COLS needed outside the row converter. */
-enum { PCOL_ID = 0, PCOL_SLUG = 2, PCOL_STATUS = 5, PCOL_VERSION = 11, PCOL_CREATED = 12 };
+/*
+ * Column numbers of PRODUCT_COLS needed outside the row converter. The last column is 1 when
+ * the product has images (NULL otherwise), so that a page without any runs no image query. It
+ * is a scalar subquery with LIMIT 1 rather than EXISTS, which PostgreSQL may run as a hashed
+ * scan of the whole image table instead of one index probe per row.
+ */
+enum {
+    PCOL_ID = 0,
+    PCOL_SLUG = 2,
+    PCOL_STATUS = 5,
+    PCOL_VERSION = 11,
+    PCOL_CREATED = 12,
+    PCOL_HAS_IMAGES = 14,
+    PCOL_NCOLS = 15
+};
 /* Column numbers of VARIANT_COLS. */
 enum {
     VCOL_ID = 0,
@@ -160,11 +176,123 @@ json_t *product_variant_json(struct gr_req *req, const struct gr_db_rows *rows, 
 /** Category row @i of @rows (CATEGORY_COLS) as JSON (arena). */
 json_t *product_category_json(struct gr_req *req, const struct gr_db_rows *rows, size_t i);
 
-/**
- * Adds "variants" (all of them with @all_variants, else only non-archived ones) and "images"
- * to the product JSON @p whose id is @id. Errors: those of gr_db_query.
+/* ---- SQL from constant fragments (product_db.c) ---------------------------------------- */
+
+#define PRODUCT_SQL_MAX    2048 /* bytes of one built statement */
+#define PRODUCT_SQL_PARAMS 128  /* its parameters */
+
+/*
+ * A statement assembled from constant SQL fragments chosen by code, for the queries whose
+ * shape depends on the request (the filters of the list, the ids of a page). Every '?' in a
+ * fragment becomes the next parameter, written `$k` in the text, so parameters are numbered
+ * in order of use and no value ever enters the SQL. The text is the key of gr_db's
+ * per-connection statement cache: each distinct shape is prepared once.
  */
-GR_MUST_CHECK int product_attach(struct gr_req *req, json_t *p, const char *id, bool all_variants);
+struct product_sql {
+    char text[PRODUCT_SQL_MAX];
+    size_t len;
+    struct gr_db_val params[PRODUCT_SQL_PARAMS];
+    size_t nparams;
+    size_t nconds; /* conditions added by product_sql_cond */
+};
+
+/** Starts @q with the fragment @head (no '?'). */
+void product_sql_init(struct product_sql *q, const char *head);
+
+/**
+ * Appends the constant fragment @frag whose '?' take @vals[0..@n) in order (the values are
+ * copied; strings stay borrowed). A count of '?' other than @n, or a statement beyond
+ * PRODUCT_SQL_MAX or PRODUCT_SQL_PARAMS, is a bug (the fragments are constants).
+ */
+void product_sql_add(struct product_sql *q, const char *frag, const struct gr_db_val *vals,
+                     size_t n);
+
+/** Like product_sql_add, preceded by " WHERE " for the first condition and " AND " after. */
+void product_sql_cond(struct product_sql *q, const char *frag, const struct gr_db_val *vals,
+                      size_t n);
+
+/* ---- a page of products with their variants and images ----------------------------------- */
+
+#define PRODUCT_PAGE_MAX 100 /* products of one page (the list's largest limit) */
+
+/* Columns of product_page.images. */
+enum { PIMG_PRODUCT = 0, PIMG_FILE = 1, PIMG_POSITION = 2 };
+
+/* Rows [lo, hi) of a result that belong to one product. */
+struct product_span {
+    size_t lo, hi;
+};
+
+/*
+ * Products with their variants and images (all arena). The variants of product k are the rows
+ * vspan[k] of variants, whose VARIANT_COLS start at column vcol (0 for a page query, after
+ * PRODUCT_COLS for the join of product_page_load_one); its images are the rows ispan[k] of
+ * images (PIMG_* columns), which is NULL when no product of the page has any.
+ */
+struct product_page {
+    const struct gr_db_rows *products; /* PRODUCT_COLS; borrowed */
+    size_t n;                          /* the first n rows of products form the page */
+    const struct gr_db_rows *variants; /* by product, created_at, id */
+    size_t vcol;
+    struct gr_db_rows *images; /* by product, position, created_at, file_id */
+    struct product_span *vspan;
+    struct product_span *ispan;
+};
+
+/**
+ * Loads the variants (all of them with @all_variants, else only non-archived ones) and the
+ * images of the first @n (<= PRODUCT_PAGE_MAX) products of @rows (PRODUCT_COLS, borrowed and
+ * kept by *@pg) into *@pg: one query for the variants and, when a product of the page has
+ * images, one for the images, whatever @n is (none for 0). Errors: gr_db_query's.
+ */
+GR_MUST_CHECK int product_page_load(struct gr_req *req, const struct gr_db_rows *rows, size_t n,
+                                    bool all_variants, struct product_page *pg);
+
+/**
+ * Loads the product with id @key (or slug, when @by_slug) and its variants (as for
+ * product_page_load) with one query, a join, and its images with a second one only when it
+ * has any, into *@pg as a page of one. GR_ENOTFOUND when absent, whatever its status:
+ * visibility is the caller's rule. Errors: gr_db_query's.
+ */
+GR_MUST_CHECK int product_page_load_one(struct gr_req *req, const char *key, bool by_slug,
+                                        bool all_variants, struct product_page *pg);
+
+/* ---- JSON text of responses (product_json.c) --------------------------------------------- */
+
+#define PRODUCT_OUT_MAX ((size_t)256 << 20) /* bytes of one response body */
+
+/*
+ * A response body written as JSON text. The buffer is released with the request arena; past
+ * PRODUCT_OUT_MAX further writes are dropped and toobig is set.
+ */
+struct product_out {
+    char *p; /* gr_xmalloc, freed by a cleanup on the arena */
+    size_t len, cap;
+    bool toobig;
+};
+
+/** Appends a string literal (its size is known at compile time). */
+#define PRODUCT_OUT_LIT(o, s) product_out_mem((o), "" s, sizeof(s) - 1)
+
+/** A new empty body of initial capacity @cap (arena struct, buffer freed with the arena). */
+struct product_out *product_out_new(struct gr_req *req, size_t cap);
+/** Appends @n bytes of @s as they are. */
+void product_out_mem(struct product_out *o, const char *s, size_t n);
+/** Appends @v in decimal. */
+void product_out_int(struct product_out *o, long long v);
+/** Appends @s as a JSON string escaped like jansson's dump, or null for NULL. */
+void product_out_str(struct product_out *o, const char *s);
+/** Appends the stored object text @text when it is one JSON object, else "{}". */
+void product_out_obj_text(struct product_out *o, const char *text);
+/** Appends product @k of @pg with its "variants" and "images" as an object. */
+void product_out_product(struct product_out *o, const struct product_page *pg, size_t k);
+/**
+ * Makes @o the body of @resp with @status and Content-Type application/json. GR_ETOOBIG when
+ * the body grew beyond PRODUCT_OUT_MAX.
+ */
+GR_MUST_CHECK int product_out_send(struct gr_resp *resp, struct product_out *o, int status);
+/** Product @k of @pg with variants and images as JSON (arena), for responses to writers. */
+json_t *product_page_json(struct gr_req *req, const struct product_page *pg, size_t k);
 
 /**
  * Loads the product with id @key (or slug, when @by_slug) into *@rows (one row of PRODUCT_COLS,
@@ -225,8 +353,5 @@ GR_MUST_CHECK int product_cursor_make(struct gr_req *req, const char *scope, jso
  */
 GR_MUST_CHECK int product_cursor_read(struct gr_req *req, const char *scope, const char *cursor,
                                       bool int_key, struct gr_db_val *key, struct gr_db_val *id);
-
-/** Parses text that this service stored as a JSON object; an empty object when unreadable. */
-json_t *product_json_text(struct gr_req *req, const char *text);
 
 #endif

@@ -1,10 +1,11 @@
 /*
- * product_db.c - what the product, variant and category handlers share: turning rows into the
- * JSON of the API, reading the fields that several bodies have (slugs, uuids, flat key/value
- * objects, variants), the derived price range of a product, optimistic versions, and the event
- * hook. Everything a function here allocates belongs to the request arena.
+ * product_db.c - what the product, variant and category handlers share: reading the fields
+ * that several bodies have (slugs, uuids, flat key/value objects, variants), category rows as
+ * JSON, statements assembled from constant SQL fragments, loading a page of products with its
+ * variants and images in a fixed number of queries (product_json.c writes them out), the
+ * derived price range of a product, optimistic versions, and the event hook. Everything a
+ * function here allocates belongs to the request arena.
  */
-#include <stdio.h>
 #include <string.h>
 
 #include "gr/auth.h"
@@ -186,76 +187,11 @@ void product_read_variant(const struct gr_json_rd *r, json_t *obj, const char *p
         (void)gr_json_bool(r, obj, ptr, "archived", GR_JSON_OPTIONAL, &out->archived, NULL);
 }
 
-json_t *product_json_text(struct gr_req *req, const char *text)
-{
-    json_t *v = text != NULL ? json_loads(text, 0, NULL) : NULL;
-
-    if (!json_is_object(v)) {
-        json_decref(v);
-        v = json_object();
-    }
-    return product_own(req, v);
-}
-
 /* A new reference: the text at @col, or JSON null. */
 static json_t *text_or_null(const struct gr_db_rows *rows, size_t i, size_t col)
 {
     const char *s = gr_db_text(rows, i, col);
     return s != NULL ? json_string(s) : json_null();
-}
-
-static json_t *money_json(long long amount, const char *currency)
-{
-    struct gr_money m = { .amount = amount };
-
-    snprintf(m.currency, sizeof(m.currency), "%s", currency != NULL ? currency : "");
-    return gr_money_to_json(&m);
-}
-
-json_t *product_row_json(struct gr_req *req, const struct gr_db_rows *rows, size_t i)
-{
-    json_t *p = product_own(req, json_object());
-    json_t *price = json_null();
-
-    if (!gr_db_isnull(rows, i, 8) && !gr_db_isnull(rows, i, 10)) {
-        const char *cur = gr_db_text(rows, i, 10);
-        json_decref(price);
-        price = json_pack("{s:o,s:o}", "min", money_json(gr_db_int(rows, i, 8), cur), "max",
-                          money_json(gr_db_int(rows, i, 9), cur));
-    }
-    json_object_set_new(p, "id", text_or_null(rows, i, 0));
-    json_object_set_new(p, "title", text_or_null(rows, i, 1));
-    json_object_set_new(p, "slug", text_or_null(rows, i, 2));
-    json_object_set_new(p, "description", text_or_null(rows, i, 3));
-    json_object_set_new(p, "brand", text_or_null(rows, i, 4));
-    json_object_set_new(p, "status", text_or_null(rows, i, 5));
-    json_object_set_new(p, "category_id", text_or_null(rows, i, 6));
-    json_object_set(p, "attributes", product_json_text(req, gr_db_text(rows, i, 7)));
-    json_object_set_new(p, "price", price);
-    json_object_set_new(p, "version", json_integer(gr_db_int(rows, i, 11)));
-    json_object_set_new(p, "created_at", text_or_null(rows, i, 12));
-    json_object_set_new(p, "updated_at", text_or_null(rows, i, 13));
-    return p;
-}
-
-json_t *product_variant_json(struct gr_req *req, const struct gr_db_rows *rows, size_t i)
-{
-    json_t *v = product_own(req, json_object());
-
-    json_object_set_new(v, "id", text_or_null(rows, i, 0));
-    json_object_set_new(v, "product_id", text_or_null(rows, i, 1));
-    json_object_set_new(v, "sku", text_or_null(rows, i, 2));
-    json_object_set_new(v, "price",
-                        money_json(gr_db_int(rows, i, 3), gr_db_text(rows, i, VCOL_CURRENCY)));
-    json_object_set_new(v, "weight_g",
-                        gr_db_isnull(rows, i, 5) ? json_null()
-                                                 : json_integer(gr_db_int(rows, i, 5)));
-    json_object_set(v, "options", product_json_text(req, gr_db_text(rows, i, 6)));
-    json_object_set_new(v, "archived", json_boolean(gr_db_int(rows, i, VCOL_ARCHIVED) != 0));
-    json_object_set_new(v, "version", json_integer(gr_db_int(rows, i, VCOL_VERSION)));
-    json_object_set_new(v, "created_at", text_or_null(rows, i, 9));
-    json_object_set_new(v, "updated_at", text_or_null(rows, i, 10));
-    return v;
 }
 
 json_t *product_category_json(struct gr_req *req, const struct gr_db_rows *rows, size_t i)
@@ -273,38 +209,209 @@ json_t *product_category_json(struct gr_req *req, const struct gr_db_rows *rows,
     return c;
 }
 
-int product_attach(struct gr_req *req, json_t *p, const char *id, bool all_variants)
+void product_sql_init(struct product_sql *q, const char *head)
 {
-    struct gr_db_rows *rows = NULL;
-    json_t *arr;
+    q->len = 0;
+    q->nparams = 0;
+    q->nconds = 0;
+    q->text[0] = '\0';
+    product_sql_add(q, head, NULL, 0);
+}
+
+/* Appends "$<k>" for parameter number @k. */
+static void sql_param_ref(struct product_sql *q, size_t k)
+{
+    char tmp[8];
+    size_t i = sizeof(tmp);
+
+    do {
+        tmp[--i] = (char)('0' + k % 10);
+        k /= 10;
+    } while (k != 0);
+    tmp[--i] = '$';
+    if (sizeof(tmp) - i >= PRODUCT_SQL_MAX - q->len)
+        GR_BUG("product sql text too long");
+    memcpy(q->text + q->len, tmp + i, sizeof(tmp) - i);
+    q->len += sizeof(tmp) - i;
+}
+
+void product_sql_add(struct product_sql *q, const char *frag, const struct gr_db_val *vals,
+                     size_t n)
+{
+    size_t used = 0;
+
+    for (; *frag != '\0'; frag++) {
+        if (*frag != '?') {
+            if (q->len + 1 >= PRODUCT_SQL_MAX)
+                GR_BUG("product sql text too long");
+            q->text[q->len++] = *frag;
+            continue;
+        }
+        if (used == n || q->nparams == PRODUCT_SQL_PARAMS)
+            GR_BUG("product sql fragment has more '?' than values");
+        q->params[q->nparams++] = vals[used++];
+        sql_param_ref(q, q->nparams);
+    }
+    if (used != n)
+        GR_BUG("product sql fragment has fewer '?' than values");
+    q->text[q->len] = '\0';
+}
+
+void product_sql_cond(struct product_sql *q, const char *frag, const struct gr_db_val *vals,
+                      size_t n)
+{
+    product_sql_add(q, q->nconds++ == 0 ? " WHERE " : " AND ", NULL, 0);
+    product_sql_add(q, frag, vals, n);
+}
+
+/*
+ * The number of ids a page query binds for @n products: one of a few sizes, the last id
+ * repeated up to it (IN ignores duplicates), so that at most a handful of distinct texts
+ * compete for the statement cache.
+ */
+static size_t page_bucket(size_t n)
+{
+    static const size_t sizes[] = { 1, 2, 5, 10, 20, 50, PRODUCT_PAGE_MAX };
+
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+        if (n <= sizes[i])
+            return sizes[i];
+    GR_BUG("page beyond PRODUCT_PAGE_MAX");
+    return PRODUCT_PAGE_MAX;
+}
+
+/* Runs @head, "IN (@ids[0..@n))", @tail, for 1 <= @n <= PRODUCT_PAGE_MAX. */
+static int page_query(struct gr_req *req, const char *const *ids, size_t n, const char *head,
+                      const char *tail, struct gr_db_rows **out)
+{
+    struct product_sql q;
+    size_t m = page_bucket(n);
+
+    product_sql_init(&q, head);
+    for (size_t k = 0; k < m; k++) {
+        struct gr_db_val id = GR_DB_TEXT(ids[k < n ? k : n - 1]);
+        product_sql_add(&q, k == 0 ? "?" : ", ?", &id, 1);
+    }
+    product_sql_add(&q, tail, NULL, 0);
+    return gr_db_query(req->db, req->arena, q.text, q.params, q.nparams, out);
+}
+
+/*
+ * Fills @span[k] with the rows of @r (sorted by the product id in column @col first) that
+ * belong to product k of @pg. The id is looked up once per run of rows, not once per row.
+ */
+static void page_spans(const struct product_page *pg, const struct gr_db_rows *r, size_t col,
+                       struct product_span *span)
+{
+    size_t nr = gr_db_nrows(r);
+
+    for (size_t i = 0, j; i < nr; i = j) {
+        const char *pid = gr_db_text(r, i, col);
+        size_t k = 0;
+
+        for (j = i + 1; j < nr && strcmp(gr_db_text(r, j, col), pid) == 0; j++)
+            ;
+        while (k < pg->n && strcmp(gr_db_text(pg->products, k, PCOL_ID), pid) != 0)
+            k++;
+        if (k < pg->n) {
+            span[k].lo = i;
+            span[k].hi = j;
+        }
+    }
+}
+
+/* Starts @pg as the page of the first @n products of @rows, without variants or images. */
+static void page_init(struct gr_req *req, struct product_page *pg, const struct gr_db_rows *rows,
+                      size_t n)
+{
+    GR_ASSERT(n <= PRODUCT_PAGE_MAX && n <= gr_db_nrows(rows));
+    memset(pg, 0, sizeof(*pg));
+    pg->products = rows;
+    pg->n = n;
+    pg->vspan = gr_arena_calloc(req->arena, (n + 1) * sizeof(*pg->vspan));
+    pg->ispan = gr_arena_calloc(req->arena, (n + 1) * sizeof(*pg->ispan));
+}
+
+/* Loads the images of the products of @pg that have any (PCOL_HAS_IMAGES): one query or none. */
+static int page_images(struct gr_req *req, struct product_page *pg)
+{
+    const char *ids[PRODUCT_PAGE_MAX];
+    size_t n = 0;
     int rc;
 
-    rc = gr_db_query(req->db, req->arena,
-                     "SELECT " VARIANT_COLS " FROM variants v WHERE v.product_id = $1"
-                     " AND (CAST($2 AS INTEGER) = 1 OR v.archived = 0)"
-                     " ORDER BY v.created_at, v.id",
-                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_INT(all_variants ? 1 : 0) }, 2,
-                     &rows);
+    for (size_t k = 0; k < pg->n; k++)
+        if (gr_db_int(pg->products, k, PCOL_HAS_IMAGES) != 0)
+            ids[n++] = gr_db_text(pg->products, k, PCOL_ID);
+    if (n == 0)
+        return 0;
+    rc = page_query(req, ids, n,
+                    "SELECT i.product_id, i.file_id, i.position FROM product_images i"
+                    " WHERE i.product_id IN (",
+                    ") ORDER BY i.product_id, i.position, i.created_at, i.file_id", &pg->images);
     if (rc < 0)
-        goto out;
-    arr = json_array();
-    for (size_t i = 0; i < gr_db_nrows(rows); i++)
-        json_array_append(arr, product_variant_json(req, rows, i));
-    json_object_set_new(p, "variants", arr);
+        return rc;
+    page_spans(pg, pg->images, PIMG_PRODUCT, pg->ispan);
+    return 0;
+}
 
-    rc = gr_db_query(req->db, req->arena,
-                     "SELECT file_id, position FROM product_images WHERE product_id = $1"
-                     " ORDER BY position, created_at, file_id",
-                     (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &rows);
+int product_page_load(struct gr_req *req, const struct gr_db_rows *rows, size_t n,
+                      bool all_variants, struct product_page *pg)
+{
+    const char *ids[PRODUCT_PAGE_MAX];
+    struct gr_db_rows *variants = NULL;
+    int rc;
+
+    page_init(req, pg, rows, n);
+    if (n == 0)
+        return 0;
+    for (size_t k = 0; k < n; k++)
+        ids[k] = gr_db_text(rows, k, PCOL_ID);
+    rc = page_query(req, ids, n, "SELECT " VARIANT_COLS " FROM variants v WHERE v.product_id IN (",
+                    all_variants ? ") ORDER BY v.product_id, v.created_at, v.id"
+                                 : ") AND v.archived = 0 ORDER BY v.product_id, v.created_at, v.id",
+                    &variants);
     if (rc < 0)
-        goto out;
-    arr = json_array();
-    for (size_t i = 0; i < gr_db_nrows(rows); i++)
-        json_array_append_new(arr, json_pack("{s:s,s:I}", "file_id", gr_db_text(rows, i, 0),
-                                             "position", (json_int_t)gr_db_int(rows, i, 1)));
-    json_object_set_new(p, "images", arr);
-out:
-    return rc;
+        return rc;
+    pg->variants = variants;
+    page_spans(pg, variants, 1, pg->vspan);
+    return page_images(req, pg);
+}
+
+/* The join of product_page_load_one: by id or slug, all or non-archived variants. */
+#define ONE_SELECT "SELECT " PRODUCT_COLS ", " VARIANT_COLS " FROM products p LEFT JOIN variants v"
+#define ONE_ALL    " ON v.product_id = p.id"
+#define ONE_LIVE   " ON v.product_id = p.id AND v.archived = 0"
+#define ONE_ORDER  " ORDER BY v.created_at, v.id"
+
+int product_page_load_one(struct gr_req *req, const char *key, bool by_slug, bool all_variants,
+                          struct product_page *pg)
+{
+    static const char *const sql[2][2] = {
+        { ONE_SELECT ONE_LIVE " WHERE p.id = $1" ONE_ORDER,
+          ONE_SELECT ONE_ALL " WHERE p.id = $1" ONE_ORDER },
+        { ONE_SELECT ONE_LIVE " WHERE p.slug = $1" ONE_ORDER,
+          ONE_SELECT ONE_ALL " WHERE p.slug = $1" ONE_ORDER },
+    };
+    struct gr_db_rows *rows = NULL;
+    int rc;
+
+    if (!by_slug && !gr_id_valid(key, strlen(key)))
+        return GR_ENOTFOUND;
+    rc = gr_db_query(req->db, req->arena, sql[by_slug][all_variants],
+                     (struct gr_db_val[]){ GR_DB_TEXT(key) }, 1, &rows);
+    if (rc < 0)
+        return rc;
+    if (gr_db_nrows(rows) == 0)
+        return GR_ENOTFOUND;
+    /* One row per variant, the product's columns repeated; one row of NULLs without any. */
+    page_init(req, pg, rows, 1);
+    pg->variants = rows;
+    pg->vcol = PCOL_NCOLS;
+    if (!gr_db_isnull(rows, 0, PCOL_NCOLS + VCOL_ID)) {
+        pg->vspan[0].lo = 0;
+        pg->vspan[0].hi = gr_db_nrows(rows);
+    }
+    return page_images(req, pg);
 }
 
 int product_fetch(struct gr_req *req, const char *key, bool by_slug, struct gr_db_rows **rows)
@@ -328,18 +435,13 @@ int product_fetch(struct gr_req *req, const char *key, bool by_slug, struct gr_d
 
 int product_load_full(struct gr_req *req, const char *id, json_t **out)
 {
-    struct gr_db_rows *rows = NULL;
-    json_t *p;
+    struct product_page pg;
     int rc;
 
-    rc = product_fetch(req, id, false, &rows);
+    rc = product_page_load_one(req, id, false, true, &pg);
     if (rc < 0)
         return rc;
-    p = product_row_json(req, rows, 0);
-    rc = product_attach(req, p, id, true);
-    if (rc < 0)
-        return rc;
-    *out = p;
+    *out = product_page_json(req, &pg, 0);
     return 0;
 }
 

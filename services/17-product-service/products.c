@@ -18,50 +18,54 @@
 /* ---- list ---------------------------------------------------------------------------------- */
 
 /*
- * The filters of GET /products. Every parameter is bound; an absent filter is a NULL that the
- * "CAST($n AS T) IS NULL OR ..." arm turns off. $1 is 1 when the caller may see every status.
+ * The list query is assembled from the constant fragments below, for the filters present only
+ * (product_sql_*): a catch-all "($n IS NULL OR col = $n)" would hide every index from the
+ * planner. Callers without products:read see active products only. Every sort has an index
+ * led by status (migrations 0001 and 0002), so the public list (and any status filter) reads
+ * one index range in order and stops after limit + 1 rows; the keyset condition of a cursor
+ * narrows that range. An admin list without a status filter uses (created_at, id) for the
+ * default order and sorts for the others.
  */
-#define LIST_SELECT                                                                                \
-    "SELECT " PRODUCT_COLS " FROM products p"                                                      \
-    " WHERE (CAST($1 AS INTEGER) = 1 OR p.status = 'active')"                                      \
-    " AND (CAST($2 AS TEXT) IS NULL OR p.status = CAST($2 AS TEXT))"                               \
-    " AND (CAST($3 AS TEXT) IS NULL OR p.brand = CAST($3 AS TEXT))"                                \
-    " AND (CAST($4 AS TEXT) IS NULL OR p.category_id IN (SELECT d.id FROM categories d,"           \
-    " categories a WHERE a.id = CAST($4 AS TEXT) AND d.path LIKE (a.path || '%')))"                \
-    " AND (CAST($5 AS BIGINT) IS NULL OR p.max_price >= CAST($5 AS BIGINT))"                       \
-    " AND (CAST($6 AS BIGINT) IS NULL OR p.min_price <= CAST($6 AS BIGINT))"                       \
-    " AND (CAST($7 AS TEXT) IS NULL OR lower(p.title) LIKE CAST($7 AS TEXT) ESCAPE '\\')"
+#define LIST_HEAD "SELECT " PRODUCT_COLS " FROM products p"
+#define F_ACTIVE  "p.status = 'active'"
+#define F_STATUS  "p.status = ?"
+#define F_BRAND   "p.brand = ?"
+#define F_CATEGORY                                                                                 \
+    "p.category_id IN (SELECT d.id FROM categories d, categories a WHERE a.id = ?"                 \
+    " AND d.path LIKE (a.path || '%'))"
+#define F_MIN_PRICE "p.max_price >= ?"
+#define F_MAX_PRICE "p.min_price <= ?"
+#define F_Q         "lower(p.title) LIKE ? ESCAPE '\\'"
+#define F_LIMIT     " LIMIT ?"
 
 /* Sort keys: products without a price sort last in both price orders. */
 #define KEY_PRICE_ASC  "COALESCE(p.min_price, 100000000)"
 #define KEY_PRICE_DESC "COALESCE(p.min_price, -1)"
-#define AFTER_TEXT(key, op)                                                                        \
-    " AND (CAST($8 AS TEXT) IS NULL OR (" key ", p.id) " op " (CAST($8 AS TEXT), $9))"
-#define AFTER_INT(key, op)                                                                         \
-    " AND (CAST($8 AS BIGINT) IS NULL OR (" key ", p.id) " op " (CAST($8 AS BIGINT), $9))"
-#define LIMIT " LIMIT CAST($10 AS INTEGER)"
 
 enum key_kind { KEY_TEXT, KEY_INT };
 
+/*
+ * The keyset condition of a cursor is (key, id) beyond (?, ?) as a row value for text keys.
+ * SQLite uses a row value as an index range only on plain columns, so the price keys, which
+ * are expressions, spell it out as key >= ? AND (key > ? OR id > ?), taking the key twice.
+ */
 struct sort_def {
     const char *name;
     enum key_kind kind;
-    const char *sql;
+    const char *after;
+    const char *order;
 };
 
 static const struct sort_def sorts[] = {
-    { "-created_at", KEY_TEXT,
-      LIST_SELECT AFTER_TEXT("p.created_at", "<") " ORDER BY p.created_at DESC, p.id DESC" LIMIT },
-    { "created_at", KEY_TEXT,
-      LIST_SELECT AFTER_TEXT("p.created_at", ">") " ORDER BY p.created_at, p.id" LIMIT },
-    { "price", KEY_INT,
-      LIST_SELECT AFTER_INT(KEY_PRICE_ASC, ">") " ORDER BY " KEY_PRICE_ASC ", p.id" LIMIT },
-    { "-price", KEY_INT,
-      LIST_SELECT AFTER_INT(KEY_PRICE_DESC, "<") " ORDER BY " KEY_PRICE_DESC
-                                                 " DESC, p.id DESC" LIMIT },
-    { "title", KEY_TEXT, LIST_SELECT AFTER_TEXT("p.title", ">") " ORDER BY p.title, p.id" LIMIT },
-    { "-title", KEY_TEXT,
-      LIST_SELECT AFTER_TEXT("p.title", "<") " ORDER BY p.title DESC, p.id DESC" LIMIT },
+    { "-created_at", KEY_TEXT, "(p.created_at, p.id) < (?, ?)",
+      " ORDER BY p.created_at DESC, p.id DESC" },
+    { "created_at", KEY_TEXT, "(p.created_at, p.id) > (?, ?)", " ORDER BY p.created_at, p.id" },
+    { "price", KEY_INT, KEY_PRICE_ASC " >= ? AND (" KEY_PRICE_ASC " > ? OR p.id > ?)",
+      " ORDER BY " KEY_PRICE_ASC ", p.id" },
+    { "-price", KEY_INT, KEY_PRICE_DESC " <= ? AND (" KEY_PRICE_DESC " < ? OR p.id < ?)",
+      " ORDER BY " KEY_PRICE_DESC " DESC, p.id DESC" },
+    { "title", KEY_TEXT, "(p.title, p.id) > (?, ?)", " ORDER BY p.title, p.id" },
+    { "-title", KEY_TEXT, "(p.title, p.id) < (?, ?)", " ORDER BY p.title DESC, p.id DESC" },
 };
 
 struct list_q {
@@ -187,57 +191,86 @@ static int cursor_make(struct gr_req *req, const char *scope, const struct sort_
     return product_cursor_make(req, scope, key, id, out);
 }
 
+/* The list statement for @lq into @q: only the filters present, then sort and limit. */
+static void list_sql(const struct list_q *lq, bool can_read, const struct gr_db_val *after,
+                     struct product_sql *q)
+{
+    product_sql_init(q, LIST_HEAD);
+    /* Without products:read, list_parse let only status=active through. */
+    if (lq->status != NULL)
+        product_sql_cond(q, F_STATUS, (struct gr_db_val[]){ GR_DB_TEXT(lq->status) }, 1);
+    else if (!can_read)
+        product_sql_cond(q, F_ACTIVE, NULL, 0);
+    if (lq->brand != NULL)
+        product_sql_cond(q, F_BRAND, (struct gr_db_val[]){ GR_DB_TEXT(lq->brand) }, 1);
+    if (lq->category != NULL)
+        product_sql_cond(q, F_CATEGORY, (struct gr_db_val[]){ GR_DB_TEXT(lq->category) }, 1);
+    if (lq->has_min)
+        product_sql_cond(q, F_MIN_PRICE, (struct gr_db_val[]){ GR_DB_INT(lq->min_price) }, 1);
+    if (lq->has_max)
+        product_sql_cond(q, F_MAX_PRICE, (struct gr_db_val[]){ GR_DB_INT(lq->max_price) }, 1);
+    if (lq->qpat != NULL)
+        product_sql_cond(q, F_Q, (struct gr_db_val[]){ GR_DB_TEXT(lq->qpat) }, 1);
+    if (after != NULL && lq->sort->kind == KEY_INT)
+        product_sql_cond(q, lq->sort->after, (struct gr_db_val[]){ after[0], after[0], after[1] },
+                         3);
+    else if (after != NULL)
+        product_sql_cond(q, lq->sort->after, after, 2);
+    product_sql_add(q, lq->sort->order, NULL, 0);
+    product_sql_add(q, F_LIMIT, (struct gr_db_val[]){ GR_DB_INT(lq->limit + 1) }, 1);
+}
+
 int products_list(struct gr_req *req, struct gr_resp *resp)
 {
     struct list_q lq;
-    struct gr_db_val key = GR_DB_NULL, kid = GR_DB_NULL;
+    struct gr_db_val after[2];
+    struct product_sql q;
+    struct product_page pg;
     struct gr_db_rows *rows = NULL;
+    struct product_out *o;
     const char *scope, *next = NULL;
     bool can_read = product_can_read(req);
-    bool has_more;
     size_t n;
-    json_t *data, *body;
     int rc;
 
     list_parse(req, resp, &lq);
     if (resp->errs.n > 0)
         return GR_EVALID;
     scope = list_scope(req, &lq);
-    if (lq.cursor != NULL &&
-        product_cursor_read(req, scope, lq.cursor, lq.sort->kind == KEY_INT, &key, &kid) < 0)
+    if (lq.cursor != NULL && product_cursor_read(req, scope, lq.cursor, lq.sort->kind == KEY_INT,
+                                                 &after[0], &after[1]) < 0)
         return gr_resp_problem(req, resp, GR_EINVAL, "invalid_cursor",
                                "the cursor is invalid for this list");
 
-    rc = gr_db_query(req->db, req->arena, lq.sort->sql,
-                     (struct gr_db_val[]){ GR_DB_INT(can_read ? 1 : 0), GR_DB_TEXT(lq.status),
-                                           GR_DB_TEXT(lq.brand), GR_DB_TEXT(lq.category),
-                                           lq.has_min ? GR_DB_INT(lq.min_price) : GR_DB_NULL,
-                                           lq.has_max ? GR_DB_INT(lq.max_price) : GR_DB_NULL,
-                                           GR_DB_TEXT(lq.qpat), key, kid, GR_DB_INT(lq.limit + 1) },
-                     10, &rows);
+    list_sql(&lq, can_read, lq.cursor != NULL ? after : NULL, &q);
+    rc = gr_db_query(req->db, req->arena, q.text, q.params, q.nparams, &rows);
     if (rc < 0)
         return rc;
     n = gr_db_nrows(rows);
-    has_more = n > (size_t)lq.limit;
-    if (has_more) {
+    if (n > (size_t)lq.limit) {
         n = (size_t)lq.limit;
         rc = cursor_make(req, scope, lq.sort, rows, n - 1, &next);
         if (rc < 0)
             return rc;
     }
-    data = json_array();
-    body =
-        product_own(req, json_pack("{s:o,s:b,s:o}", "data", data, "has_more", has_more,
-                                   "next_cursor", next != NULL ? json_string(next) : json_null()));
-    for (size_t i = 0; i < n; i++) {
-        json_t *p = product_row_json(req, rows, i);
-        rc = product_attach(req, p, gr_db_text(rows, i, PCOL_ID), can_read);
-        if (rc < 0)
-            return rc;
-        json_array_append(data, p);
+    rc = product_page_load(req, rows, n, can_read, &pg);
+    if (rc < 0)
+        return rc;
+
+    o = product_out_new(req, 1024 + n * 1024);
+    PRODUCT_OUT_LIT(o, "{\"data\":[");
+    for (size_t k = 0; k < n; k++) {
+        if (k != 0)
+            product_out_mem(o, ",", 1);
+        product_out_product(o, &pg, k);
     }
-    gr_resp_json(resp, 200, json_incref(body));
-    return 0;
+    if (next != NULL)
+        PRODUCT_OUT_LIT(o, "],\"has_more\":true,\"next_cursor\":");
+    else
+        PRODUCT_OUT_LIT(o, "],\"has_more\":false,\"next_cursor\":");
+    product_out_str(o, next);
+    product_out_mem(o, "}", 1);
+    return product_out_send(resp, o, 200);
 }
 
 /* ---- get ----------------------------------------------------------------------------------- */
@@ -246,21 +279,18 @@ int products_get(struct gr_req *req, struct gr_resp *resp)
 {
     const char *key = gr_req_param(req, "id");
     bool can_read = product_can_read(req);
-    struct gr_db_rows *rows = NULL;
-    json_t *p;
+    struct product_page pg;
+    struct product_out *o;
     int rc;
 
-    rc = product_fetch(req, key, !gr_id_valid(key, strlen(key)), &rows);
+    rc = product_page_load_one(req, key, !gr_id_valid(key, strlen(key)), can_read, &pg);
     if (rc < 0)
         return rc;
-    if (!can_read && strcmp(gr_db_text(rows, 0, PCOL_STATUS), "active") != 0)
+    if (!can_read && strcmp(gr_db_text(pg.products, 0, PCOL_STATUS), "active") != 0)
         return GR_ENOTFOUND;
-    p = product_row_json(req, rows, 0);
-    rc = product_attach(req, p, gr_db_text(rows, 0, PCOL_ID), can_read);
-    if (rc < 0)
-        return rc;
-    gr_resp_json(resp, 200, json_incref(p));
-    return 0;
+    o = product_out_new(req, 2048);
+    product_out_product(o, &pg, 0);
+    return product_out_send(resp, o, 200);
 }
 
 /* ---- create and patch ---------------------------------------------------------------------- */
@@ -367,6 +397,27 @@ static size_t read_variants(struct gr_req *req, const struct gr_json_rd *r, json
     return n;
 }
 
+/* The lowest and the highest price of the @n (>= 1) variants @vs. */
+static long long price_min(const struct product_variant_in *vs, size_t n)
+{
+    long long m = vs[0].price.amount;
+
+    for (size_t i = 1; i < n; i++)
+        if (vs[i].price.amount < m)
+            m = vs[i].price.amount;
+    return m;
+}
+
+static long long price_max(const struct product_variant_in *vs, size_t n)
+{
+    long long m = vs[0].price.amount;
+
+    for (size_t i = 1; i < n; i++)
+        if (vs[i].price.amount > m)
+            m = vs[i].price.amount;
+    return m;
+}
+
 int products_create(struct gr_req *req, struct gr_resp *resp)
 {
     static const char *const keys[] = { "title",      "slug",     "description",
@@ -391,15 +442,24 @@ int products_create(struct gr_req *req, struct gr_resp *resp)
 
     gr_id_new(id);
     product_now(now);
+    /*
+     * The derived price range goes into the INSERT itself: every new variant counts (none is
+     * archived) and read_variants checked that they share one currency, so this is what
+     * product_refresh would compute, one UPDATE fewer per create.
+     */
     rc = gr_db_exec(req->db,
                     "INSERT INTO products (id, title, slug, description, brand, status,"
-                    " category_id, attributes, version, created_at, updated_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
-                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(in.title), GR_DB_TEXT(in.slug),
-                                          GR_DB_TEXT(in.description), GR_DB_TEXT(in.brand),
-                                          GR_DB_TEXT(in.status), GR_DB_TEXT(in.category_id),
-                                          GR_DB_TEXT(in.attributes), GR_DB_TEXT(now) },
-                    9, NULL);
+                    " category_id, attributes, min_price, max_price, currency, version,"
+                    " created_at, updated_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)",
+                    (struct gr_db_val[]){
+                        GR_DB_TEXT(id), GR_DB_TEXT(in.title), GR_DB_TEXT(in.slug),
+                        GR_DB_TEXT(in.description), GR_DB_TEXT(in.brand), GR_DB_TEXT(in.status),
+                        GR_DB_TEXT(in.category_id), GR_DB_TEXT(in.attributes),
+                        nv > 0 ? GR_DB_INT(price_min(vs, nv)) : GR_DB_NULL,
+                        nv > 0 ? GR_DB_INT(price_max(vs, nv)) : GR_DB_NULL,
+                        GR_DB_TEXT(nv > 0 ? vs[0].price.currency : NULL), GR_DB_TEXT(now) },
+                    12, NULL);
     if (rc == GR_ECONFLICT)
         return slug_taken(req, resp, in.slug);
     if (rc < 0)
@@ -410,9 +470,6 @@ int products_create(struct gr_req *req, struct gr_resp *resp)
         if (rc < 0)
             return rc;
     }
-    rc = product_refresh(req, id, now);
-    if (rc < 0)
-        return rc;
     rc = product_load_full(req, id, &p);
     if (rc < 0)
         return rc;
