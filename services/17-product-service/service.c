@@ -16,7 +16,9 @@ static const struct gr_service product_service = {
     .nroutes = PRODUCT_NROUTES,
     .migrations = gr_svc_migrations,
     .openapi_json = gr_svc_openapi_json,
-    .sqlite_sync_full = true, /* prices that orders are charged from */
+    /* The catalogue is not a money, stock or order table (ARCHITECTURE §6): WAL with
+     * synchronous=NORMAL survives a crash of the process; orders keep their own prices. */
+    .sqlite_sync_full = false,
 };
 
 int main(int argc, char **argv)

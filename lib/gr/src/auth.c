@@ -47,6 +47,158 @@ struct keyset {
     unsigned refs; /* guarded by gr_auth.mu */
 };
 
+/* ---- verification cache ------------------------------------------------------------------- */
+/*
+ * Verified tokens are remembered until they expire (SERVICES decision 1), so a client sending
+ * the same token again costs a hash and a copy instead of a signature check. The cache is
+ * direct-mapped (a colliding token evicts the older one), bounded, and striped over a few
+ * mutexes. Entries hold a deep copy of the principal in one allocation.
+ */
+#define VCACHE_SLOTS 1024
+#define VCACHE_LOCKS 16
+
+struct ventry {
+    uint64_t hash;
+    char *token; /* owned copy; NULL = empty slot */
+    size_t len;
+    struct gr_principal p; /* strings point into `blob` */
+    char *blob;
+    int64_t cached_at; /* library clock, seconds: a clock moved back before it is a miss */
+};
+
+struct vcache {
+    struct ventry slots[VCACHE_SLOTS];
+    pthread_mutex_t locks[VCACHE_LOCKS];
+};
+
+static uint64_t fnv1a(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static void vcache_init(struct vcache *c)
+{
+    memset(c->slots, 0, sizeof(c->slots));
+    for (size_t i = 0; i < VCACHE_LOCKS; i++)
+        pthread_mutex_init(&c->locks[i], NULL);
+}
+
+static void ventry_clear(struct ventry *e)
+{
+    gr_free(e->token);
+    gr_free(e->blob);
+    memset(e, 0, sizeof(*e));
+}
+
+static void vcache_release(struct vcache *c)
+{
+    for (size_t i = 0; i < VCACHE_SLOTS; i++)
+        ventry_clear(&c->slots[i]);
+    for (size_t i = 0; i < VCACHE_LOCKS; i++)
+        pthread_mutex_destroy(&c->locks[i]);
+}
+
+/* Copies the string list @src (@n entries) into @a. */
+static const char **strs_copy(struct gr_arena *a, const char **src, size_t n)
+{
+    const char **d = gr_arena_alloc(a, (n ? n : 1) * sizeof(char *));
+
+    for (size_t i = 0; i < n; i++)
+        d[i] = gr_arena_strdup(a, src[i]);
+    return d;
+}
+
+/* True and *out filled (arena copies) when @token was verified before and has not expired. */
+static bool vcache_get(struct vcache *c, struct gr_arena *a, const char *token, size_t len,
+                       struct gr_principal *out)
+{
+    uint64_t h = fnv1a(token, len);
+    size_t slot = (size_t)(h % VCACHE_SLOTS);
+    pthread_mutex_t *mu = &c->locks[slot % VCACHE_LOCKS];
+    struct ventry *e = &c->slots[slot];
+    bool hit = false;
+
+    pthread_mutex_lock(mu);
+    if (e->token && e->hash == h && e->len == len && memcmp(e->token, token, len) == 0) {
+        int64_t now = gr_time_now_s();
+
+        if (e->p.exp > now - GR_AUTH_LEEWAY_S && now >= e->cached_at) {
+            out->sub = gr_arena_strdup(a, e->p.sub);
+            out->jti = gr_arena_strdup(a, e->p.jti);
+            out->roles = strs_copy(a, e->p.roles, e->p.nroles);
+            out->nroles = e->p.nroles;
+            out->perms = strs_copy(a, e->p.perms, e->p.nperms);
+            out->nperms = e->p.nperms;
+            out->exp = e->p.exp;
+            hit = true;
+        } else {
+            ventry_clear(e);
+        }
+    }
+    pthread_mutex_unlock(mu);
+    return hit;
+}
+
+static void vcache_put(struct vcache *c, const char *token, size_t len,
+                       const struct gr_principal *p)
+{
+    uint64_t h = fnv1a(token, len);
+    size_t slot = (size_t)(h % VCACHE_SLOTS), size = 0, off = 0;
+    pthread_mutex_t *mu = &c->locks[slot % VCACHE_LOCKS];
+    struct ventry e = {0};
+    const char **lists;
+
+#define ADD(s) (size += (s) ? strlen(s) + 1 : 0)
+    ADD(p->sub);
+    ADD(p->jti);
+    for (size_t i = 0; i < p->nroles; i++)
+        ADD(p->roles[i]);
+    for (size_t i = 0; i < p->nperms; i++)
+        ADD(p->perms[i]);
+#undef ADD
+    size += (p->nroles + p->nperms + 1) * sizeof(char *);
+    e.blob = gr_xmalloc(size);
+    lists = (const char **)(void *)e.blob;
+    off = (p->nroles + p->nperms + 1) * sizeof(char *);
+#define PUT(dst, s)                                                                                \
+    do {                                                                                           \
+        if (s) {                                                                                   \
+            size_t n_ = strlen(s) + 1;                                                             \
+            memcpy(e.blob + off, (s), n_);                                                         \
+            (dst) = e.blob + off;                                                                  \
+            off += n_;                                                                             \
+        } else {                                                                                   \
+            (dst) = NULL;                                                                          \
+        }                                                                                          \
+    } while (0)
+    PUT(e.p.sub, p->sub);
+    PUT(e.p.jti, p->jti);
+    e.p.roles = lists;
+    e.p.nroles = p->nroles;
+    for (size_t i = 0; i < p->nroles; i++)
+        PUT(lists[i], p->roles[i]);
+    e.p.perms = lists + p->nroles;
+    e.p.nperms = p->nperms;
+    for (size_t i = 0; i < p->nperms; i++)
+        PUT(lists[p->nroles + i], p->perms[i]);
+#undef PUT
+    e.p.exp = p->exp;
+    e.cached_at = gr_time_now_s();
+    e.hash = h;
+    e.len = len;
+    e.token = gr_xstrndup(token, len);
+    pthread_mutex_lock(mu);
+    ventry_clear(&c->slots[slot]);
+    c->slots[slot] = e;
+    pthread_mutex_unlock(mu);
+}
+
 struct gr_auth {
     enum source src;
     char *url; /* the http(s) URL, or the path of a file:// URL */
@@ -59,6 +211,7 @@ struct gr_auth {
     bool tried;
     int64_t last_try_ms; /* library clock */
     unsigned fetches;
+    struct vcache cache;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -67,6 +220,7 @@ static void curl_setup(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
 }
+
 
 /* ---- key sets ---------------------------------------------------------------------------- */
 
@@ -468,6 +622,7 @@ static struct gr_auth *auth_alloc(enum source src, const char *url, const char *
     au->audience = gr_xstrdup(audience);
     pthread_mutex_init(&au->mu, NULL);
     pthread_cond_init(&au->cv, NULL);
+    vcache_init(&au->cache);
     return au;
 }
 
@@ -574,6 +729,7 @@ void gr_auth_free(struct gr_auth *au)
     keyset_free(au->keys);
     pthread_mutex_destroy(&au->mu);
     pthread_cond_destroy(&au->cv);
+    vcache_release(&au->cache);
     gr_free(au->url);
     gr_free(au->issuer);
     gr_free(au->audience);
@@ -780,6 +936,8 @@ int gr_auth_verify(struct gr_auth *au, struct gr_arena *a, const char *token, si
     memset(out, 0, sizeof(*out));
     if (!token || len == 0 || len > GR_AUTH_TOKEN_MAX || split(token, len, &d1, &d2) < 0)
         goto out;
+    if (vcache_get(&au->cache, a, token, len, out))
+        return 0;
     /* Decoded parts are shorter than their text, so one buffer of @len bytes holds all three. */
     buf = gr_xmalloc(len);
     hraw = buf;
@@ -821,6 +979,7 @@ int gr_auth_verify(struct gr_auth *au, struct gr_arena *a, const char *token, si
     claims = json_loadb((const char *)praw, pn, JSON_REJECT_DUPLICATES, &jerr);
     if (check_claims(au, a, claims, out, &why) < 0)
         goto out;
+    vcache_put(&au->cache, token, len, out);
     rc = 0;
 out:
     if (rc < 0) {

@@ -199,6 +199,7 @@ int gr_db_open(const char *url, const struct gr_db_opts *opts, struct gr_db **ou
     db->target = gr_xstrdup(target);
     db->opts = o;
     pthread_mutex_init(&db->mu, NULL);
+    pthread_mutex_init(&db->write_mu, NULL);
     *out = db;
     return 0;
 }
@@ -221,6 +222,7 @@ void gr_db_close(struct gr_db *db)
     db->conns = NULL;
     pthread_mutex_unlock(&db->mu);
     pthread_mutex_destroy(&db->mu);
+    pthread_mutex_destroy(&db->write_mu);
     gr_free(db->target);
     gr_free(db);
 }
@@ -460,6 +462,14 @@ static bool engine_in_tx(const struct gr_db_conn *c)
 }
 
 /* @pg_sql: the PostgreSQL BEGIN statement (its isolation level). */
+static void release_write(struct gr_db_conn *c)
+{
+    if (c->holds_write) {
+        c->holds_write = false;
+        pthread_mutex_unlock(&c->db->write_mu);
+    }
+}
+
 static int begin_tx(struct gr_db_conn *c, const char *pg_sql)
 {
     int rc;
@@ -473,9 +483,13 @@ static int begin_tx(struct gr_db_conn *c, const char *pg_sql)
         rc = ensure_open(c);
         if (rc < 0)
             return rc;
+        pthread_mutex_lock(&c->db->write_mu);
+        c->holds_write = true;
         rc = gr_db__lite_begin(c);
-        if (rc < 0)
+        if (rc < 0) {
             log_failure(c, "BEGIN IMMEDIATE", rc);
+            release_write(c);
+        }
     } else {
         rc = run(c, NULL, pg_sql, NULL, 0, NULL, NULL);
     }
@@ -502,6 +516,7 @@ int gr_db_rollback(struct gr_db_conn *c)
         if (rc < 0)
             log_failure(c, "ROLLBACK", rc);
     }
+    release_write(c);
     return rc;
 }
 
@@ -532,6 +547,7 @@ int gr_db_commit(struct gr_db_conn *c)
     }
     c->tx = false;
     c->tx_err = 0;
+    release_write(c);
     return 0;
 fail:
     (void)gr_db_rollback(c);

@@ -18,6 +18,9 @@ struct gr_db {
     char *target; /* SQLite file path or PostgreSQL URL; owned */
     struct gr_db_opts opts;
     pthread_mutex_t mu;       /* guards conns */
+    /* SQLite: this process's writers queue here before BEGIN IMMEDIATE, so they hand the
+     * write lock over at once instead of sleeping in SQLite's busy handler. */
+    pthread_mutex_t write_mu;
     struct gr_db_conn *conns; /* every thread's connection, for gr_db_close */
 };
 
@@ -40,6 +43,7 @@ struct gr_db_conn {
     struct gr_db_conn *next;
     pthread_t owner;
     bool tx;      /* gr_db_begin succeeded and no commit/rollback since */
+    bool holds_write; /* SQLite: this connection holds db->write_mu */
     int tx_err;   /* first error inside the open transaction, 0 if none */
     uint64_t rnd; /* backoff jitter state */
     char errmsg[GR_DB_ERRMSG_MAX];

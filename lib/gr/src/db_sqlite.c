@@ -290,14 +290,11 @@ static int collect(struct gr_db_conn *c, struct gr_arena *a, sqlite3_stmt *st,
         for (size_t i = 0; i < r->ncols; i++) {
             int col = (int)i;
 
-            if (sqlite3_column_type(st, col) == SQLITE_NULL) {
-                row[i] = NULL;
-            } else {
-                const char *t = (const char *)sqlite3_column_text(st, col);
-                size_t n = (size_t)sqlite3_column_bytes(st, col);
+            /* sqlite3_column_text() is NULL exactly for SQL NULL (or out of memory inside
+             * SQLite, which then also reads as NULL), so one call gives value and nullness. */
+            const char *t = (const char *)sqlite3_column_text(st, col);
 
-                row[i] = gr_arena_strndup(a, t ? t : "", t ? n : 0);
-            }
+            row[i] = t ? gr_arena_strndup(a, t, (size_t)sqlite3_column_bytes(st, col)) : NULL;
         }
         r->nrows++;
     }

@@ -637,6 +637,37 @@ static void test_clock(void **state)
     assert_int_equal(verify(fx->au, tok), GR_EUNAUTH);
     gr_time_set_offset_ms(0);
     assert_int_equal(verify(fx->au, tok), 0);
+    /* Now the token is in the verification cache: the same rules must still hold. */
+    gr_time_set_offset_ms(-60 * 1000LL);
+    assert_int_equal(verify(fx->au, tok), GR_EUNAUTH);
+    gr_time_set_offset_ms((3600 + 31) * 1000LL);
+    assert_int_equal(verify(fx->au, tok), GR_EUNAUTH);
+    gr_time_set_offset_ms(0);
+}
+
+/* A cached verification gives the same principal as the first one, and a token that differs
+ * in one byte from a cached one is still checked in full. */
+static void test_cache(void **state)
+{
+    struct fx *fx = *state;
+    const char *tok = mint(fx, fx->es, "at+jwt", std_claims());
+    struct gr_arena a = GR_ARENA_INIT;
+    struct gr_principal p1, p2;
+
+    assert_int_equal(gr_auth_verify(fx->au, &a, tok, strlen(tok), &p1), 0);
+    assert_int_equal(gr_auth_verify(fx->au, &a, tok, strlen(tok), &p2), 0);
+    assert_string_equal(p1.sub, p2.sub);
+    assert_string_equal(p2.jti, "jti-1");
+    assert_int_equal(p2.nroles, 1);
+    assert_string_equal(p2.roles[0], "admin");
+    assert_int_equal(p2.nperms, 2);
+    assert_string_equal(p2.perms[1], "orders:*");
+    assert_int_equal(p1.exp, p2.exp);
+    assert_ptr_not_equal(p1.sub, p2.sub);
+    for (size_t i = 0; i < 64; i += 7)
+        assert_int_equal(verify(fx->au, flip_sig(fx, tok, i, 0x01)), GR_EUNAUTH);
+    assert_int_equal(verify(fx->au, tok), 0);
+    gr_arena_release(&a);
 }
 
 static void test_jwks_parsing(void **state)
@@ -1036,7 +1067,7 @@ int main(void)
         cmocka_unit_test(test_clock),       cmocka_unit_test(test_jwks_parsing),
         cmocka_unit_test(test_new_errors),  cmocka_unit_test(test_file_jwks_refetch),
         cmocka_unit_test(test_threads),     cmocka_unit_test(test_http_jwks),
-        cmocka_unit_test(test_permissions),
+        cmocka_unit_test(test_permissions), cmocka_unit_test(test_cache),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
