@@ -18,21 +18,21 @@ static int h(struct gr_req *req, struct gr_resp *resp)
 }
 
 static const struct gr_route routes[] = {
-    {"GET", "/api/v1/products", h, 0, NULL, NULL, 0},
-    {"POST", "/api/v1/products", h, 0, NULL, NULL, 0},
-    {"GET", "/api/v1/products/variants", h, 0, NULL, NULL, 0},
-    {"GET", "/api/v1/products/{id}", h, 0, NULL, NULL, 0},
-    {"PATCH", "/api/v1/products/{id}", h, 0, NULL, NULL, 0},
-    {"PATCH", "/api/v1/products/{id}/variants/{vid}", h, 0, NULL, NULL, 0},
-    {"GET", "/api/v1/categories/{id}", h, 0, NULL, NULL, 0},
-    {"GET", "/health", h, 0, NULL, NULL, 0},
+    { "GET", "/api/v1/products", h, 0, NULL, NULL, 0 },
+    { "POST", "/api/v1/products", h, 0, NULL, NULL, 0 },
+    { "GET", "/api/v1/products/variants", h, 0, NULL, NULL, 0 },
+    { "GET", "/api/v1/products/{id}", h, 0, NULL, NULL, 0 },
+    { "PATCH", "/api/v1/products/{id}", h, 0, NULL, NULL, 0 },
+    { "PATCH", "/api/v1/products/{id}/variants/{vid}", h, 0, NULL, NULL, 0 },
+    { "GET", "/api/v1/categories/{id}", h, 0, NULL, NULL, 0 },
+    { "GET", "/health", h, 0, NULL, NULL, 0 },
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static struct gr_router *r;
-    const struct gr_route *const tables[] = {routes};
-    const size_t counts[] = {sizeof(routes) / sizeof(routes[0])};
+    const struct gr_route *const tables[] = { routes };
+    const size_t counts[] = { sizeof(routes) / sizeof(routes[0]) };
     struct gr_arena a = GR_ARENA_INIT;
     struct gr_kv params[GR_ROUTE_MAX_PARAMS];
     const struct gr_route *rt;

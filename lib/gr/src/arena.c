@@ -10,7 +10,7 @@
 #include "gr/arena.h"
 
 #define CHUNK_SIZE 8192
-#define ALIGN 16
+#define ALIGN      16
 
 struct gr_arena_chunk {
     struct gr_arena_chunk *next;

@@ -107,10 +107,10 @@ int gr_buf_json_str(struct gr_buf *b, const char *s, size_t n)
         unsigned char c = (unsigned char)s[i];
 
         if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
+            char esc[2] = { '\\', (char)c };
             rc = gr_buf_append(b, esc, 2);
         } else if (c < 0x20) {
-            char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
             rc = gr_buf_append(b, esc, 6);
         } else {
             rc = gr_buf_putc(b, (char)c);

@@ -50,8 +50,8 @@ int gr_config_int(const char *name, long long def, long long min, long long max,
     errno = 0;
     x = strtoll(v, &end, 10);
     if (errno || end == v || *end != '\0' || x < min || x > max)
-        return fail(err, errlen, "%s: must be an integer in %lld..%lld, got '%.*s'", name, min,
-                    max, SHOW(v));
+        return fail(err, errlen, "%s: must be an integer in %lld..%lld, got '%.*s'", name, min, max,
+                    SHOW(v));
     *out = x;
     return 0;
 }
@@ -81,16 +81,17 @@ int gr_config_size(const char *name, size_t def, size_t min, size_t max, size_t 
     }
     if (errno || end == v || *end != '\0' || v[0] == '-' || x > max / mul || x * mul < min ||
         x * mul > max)
-        return fail(err, errlen, "%s: must be a size in %zu..%zu bytes (K/M/G suffixes), got '%.*s'",
-                    name, min, max, SHOW(v));
+        return fail(err, errlen,
+                    "%s: must be a size in %zu..%zu bytes (K/M/G suffixes), got '%.*s'", name, min,
+                    max, SHOW(v));
     *out = (size_t)(x * mul);
     return 0;
 }
 
 int gr_config_bool(const char *name, bool def, bool *out, char *err, size_t errlen)
 {
-    static const char *const yes[] = {"1", "true", "yes", "on"};
-    static const char *const no[] = {"0", "false", "no", "off"};
+    static const char *const yes[] = { "1", "true", "yes", "on" };
+    static const char *const no[] = { "0", "false", "no", "off" };
     const char *v = env(name);
 
     if (!v) {
@@ -110,8 +111,8 @@ int gr_config_bool(const char *name, bool def, bool *out, char *err, size_t errl
     return fail(err, errlen, "%s: must be true or false, got '%.*s'", name, SHOW(v));
 }
 
-int gr_config_str(const char *name, const char *def, const char *const *choices,
-                  const char **out, char *err, size_t errlen)
+int gr_config_str(const char *name, const char *def, const char *const *choices, const char **out,
+                  char *err, size_t errlen)
 {
     const char *v = env(name);
 
@@ -174,12 +175,12 @@ int gr_config_url(const char *name, const char *def, const char *const *schemes,
 
 int gr_config_load(struct gr_config *c, const struct gr_service *svc, char *err, size_t errlen)
 {
-    static const char *const formats[] = {"json", "text", NULL};
-    static const char *const buses[] = {"http", "nats", NULL};
-    static const char *const http_schemes[] = {"http", "https", NULL};
-    static const char *const jwks_schemes[] = {"http", "https", "file", NULL};
-    static const char *const redis_schemes[] = {"redis", "rediss", "unix", NULL};
-    static const char *const nats_schemes[] = {"nats", "tls", NULL};
+    static const char *const formats[] = { "json", "text", NULL };
+    static const char *const buses[] = { "http", "nats", NULL };
+    static const char *const http_schemes[] = { "http", "https", NULL };
+    static const char *const jwks_schemes[] = { "http", "https", "file", NULL };
+    static const char *const redis_schemes[] = { "redis", "rediss", "unix", NULL };
+    static const char *const nats_schemes[] = { "nats", "tls", NULL };
     static char data_dir_buf[4096];
     long long x;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -224,8 +225,8 @@ int gr_config_load(struct gr_config *c, const struct gr_service *svc, char *err,
     if (rc == 0) {
         c->log_level = gr_log_level_parse(lvl);
         if (c->log_level < 0)
-            rc = fail(err, errlen, "LOG_LEVEL: must be one of debug|info|warn|error|off, got '%.*s'",
-                      SHOW(lvl));
+            rc = fail(err, errlen,
+                      "LOG_LEVEL: must be one of debug|info|warn|error|off, got '%.*s'", SHOW(lvl));
     }
     if (rc == 0)
         rc = gr_config_str("LOG_FORMAT", "json", formats, &fmt, err, errlen);

@@ -17,7 +17,7 @@ struct gr_db {
     uint64_t id;  /* unique per gr_db_open: guards thread-local caches against address reuse */
     char *target; /* SQLite file path or PostgreSQL URL; owned */
     struct gr_db_opts opts;
-    pthread_mutex_t mu;       /* guards conns */
+    pthread_mutex_t mu; /* guards conns */
     /* SQLite: this process's writers queue here before BEGIN IMMEDIATE, so they hand the
      * write lock over at once instead of sleeping in SQLite's busy handler. */
     pthread_mutex_t write_mu;
@@ -42,10 +42,10 @@ struct gr_db_conn {
     struct gr_db *db;
     struct gr_db_conn *next;
     pthread_t owner;
-    bool tx;      /* gr_db_begin succeeded and no commit/rollback since */
+    bool tx;          /* gr_db_begin succeeded and no commit/rollback since */
     bool holds_write; /* SQLite: this connection holds db->write_mu */
-    int tx_err;   /* first error inside the open transaction, 0 if none */
-    uint64_t rnd; /* backoff jitter state */
+    int tx_err;       /* first error inside the open transaction, 0 if none */
+    uint64_t rnd;     /* backoff jitter state */
     char errmsg[GR_DB_ERRMSG_MAX];
     char errcode[16]; /* SQLSTATE or SQLite extended code, for logs */
     /* SQLite */

@@ -7,9 +7,9 @@
  * error text kept for logs is the primary message only, never DETAIL (which quotes row values),
  * and a generic text for data exceptions (class 22), whose messages quote the bad input.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <stdbool.h>
 #include <string.h>
 
 #include "db_int.h"

@@ -9,14 +9,14 @@
  * request allocates lives in its arena, released in on_completed() after the response went
  * out, where the access log line and the metrics are written.
  */
+#include <arpa/inet.h>
 #include <microhttpd.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <unistd.h>
 
 #include "gr/auth.h"
@@ -33,9 +33,9 @@
  * oversized header still reaches begin() and gets a problem+json 431; only beyond the pool
  * does libmicrohttpd answer 431 by itself.
  */
-#define POOL_LIMIT (32 * 1024)
+#define POOL_LIMIT   (32 * 1024)
 #define HEADER_LIMIT (24 * 1024)
-#define MAX_TOKEN 8192
+#define MAX_TOKEN    8192
 
 struct gr_server_route {
     const struct gr_route *route;
@@ -211,7 +211,7 @@ static json_t *problem_body(struct rstate *st, int code)
 }
 
 static enum MHD_Result reply(struct gr_server *srv, struct rstate *st, struct MHD_Connection *conn,
-                            int code)
+                             int code)
 {
     struct gr_resp *resp = &st->resp;
     struct MHD_Response *r;
@@ -399,7 +399,7 @@ static bool query_allowed(const char *list, const char *key)
 
 static int check_query(struct rstate *st, struct MHD_Connection *conn)
 {
-    struct qctx q = {st, 0};
+    struct qctx q = { st, 0 };
     struct gr_req *req = &st->req;
 
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, &q);
@@ -458,8 +458,7 @@ static int begin(struct gr_server *srv, struct rstate *st, struct MHD_Connection
                          &req->nparams, &allow);
     if (rc == GR_EMETHOD) {
         gr_resp_header(req, &st->resp, "Allow", allow);
-        return gr_resp_problem(req, &st->resp, rc, NULL, "method %s is not allowed here",
-                               method);
+        return gr_resp_problem(req, &st->resp, rc, NULL, "method %s is not allowed here", method);
     }
     if (rc == GR_ENOTFOUND)
         return gr_resp_problem(req, &st->resp, rc, NULL, "no such resource");
@@ -475,8 +474,8 @@ static int begin(struct gr_server *srv, struct rstate *st, struct MHD_Connection
         if (end == cl || *end != '\0')
             return gr_resp_problem(req, &st->resp, GR_EINVAL, NULL, "bad Content-Length");
         if (n > st->body_max)
-            return gr_resp_problem(req, &st->resp, GR_ETOOBIG, NULL,
-                                   "the body exceeds %zu bytes", st->body_max);
+            return gr_resp_problem(req, &st->resp, GR_ETOOBIG, NULL, "the body exceeds %zu bytes",
+                                   st->body_max);
     }
     rc = authenticate(srv, st);
     if (rc < 0)
@@ -596,9 +595,8 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct gr_server *srv = cls;
     struct rstate *st = *con_cls;
@@ -672,10 +670,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         if (!c) {
             char sbuf[8];
             snprintf(sbuf, sizeof(sbuf), "%d", status);
-            c = gr_metrics_counter(srv->ctx->metrics, "http_requests_total",
-                                   "HTTP requests by method, route and status",
-                                   (const char *const[]){"method", st->req.route ? st->req.route->method : "other",
-                                                         "route", rm->label, "status", sbuf, NULL});
+            c = gr_metrics_counter(
+                srv->ctx->metrics, "http_requests_total",
+                "HTTP requests by method, route and status",
+                (const char *const[]){ "method", st->req.route ? st->req.route->method : "other",
+                                       "route", rm->label, "status", sbuf, NULL });
             atomic_store(&rm->by_status[status], c);
         }
         gr_counter_add(c, 1);
@@ -683,7 +682,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (rm->duration)
         gr_histogram_observe(rm->duration, secs);
     if (gr_log_enabled(st->req.route && (st->req.route->flags & GR_R_INTERNAL) ? GR_LOG_DEBUG
-                                                                              : GR_LOG_INFO)) {
+                                                                               : GR_LOG_INFO)) {
         struct gr_buf b = GR_BUF_INIT;
 
         gr_buf_init(&b, 4096);
@@ -691,8 +690,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         gr_buf_json_str(&b, st->req.method, strlen(st->req.method));
         gr_buf_puts(&b, ",\"path\":");
         gr_buf_json_str(&b, st->req.path, strnlen(st->req.path, 512));
-        gr_buf_printf(&b, ",\"route\":\"%s\",\"status\":%d,\"duration_ms\":%.3f,\"bytes_in\":%zu,"
-                          "\"bytes_out\":%zu,\"request_id\":",
+        gr_buf_printf(&b,
+                      ",\"route\":\"%s\",\"status\":%d,\"duration_ms\":%.3f,\"bytes_in\":%zu,"
+                      "\"bytes_out\":%zu,\"request_id\":",
                       rm->label, status, secs * 1000, st->req.body.len, st->bytes_out);
         gr_buf_json_str(&b, st->req.request_id ? st->req.request_id : "",
                         st->req.request_id ? strlen(st->req.request_id) : 0);
@@ -753,7 +753,7 @@ void gr_http__init_metrics(struct gr_server *srv)
     for (size_t i = 0; i < srv->nrm; i++) {
         srv->rm[i].duration = gr_metrics_histogram(
             srv->ctx->metrics, "http_request_duration_seconds", "HTTP request latency",
-            (const char *const[]){"route", srv->rm[i].label, NULL}, NULL, 0);
+            (const char *const[]){ "route", srv->rm[i].label, NULL }, NULL, 0);
     }
     pthread_mutex_init(&srv->idle_mu, NULL);
     pthread_cond_init(&srv->idle_cv, NULL);
@@ -776,13 +776,11 @@ int gr_http__start(struct gr_server *srv)
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
             MHD_USE_TURBO,
         (uint16_t)cfg->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &sa,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)POOL_LIMIT,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        (unsigned)1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        NULL, MHD_OPTION_END);
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->http_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)POOL_LIMIT,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
+        NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!srv->daemon) {
         gr_log_error("cannot listen", "host", cfg->host);
         return GR_EIO;

@@ -20,7 +20,7 @@ static const char *g_service = "gravity";
 static atomic_int g_level = GR_LOG_INFO;
 static bool g_json = true;
 
-static const char *const level_names[] = {"debug", "info", "warn", "error", "off"};
+static const char *const level_names[] = { "debug", "info", "warn", "error", "off" };
 
 void gr_log_setup(const char *service, int level, bool json)
 {
@@ -57,8 +57,8 @@ bool gr_log_enabled(int level)
 
 static bool is_secret_key(const char *k)
 {
-    static const char *const words[] = {"password", "passwd", "secret", "token", "authorization",
-                                        "cookie", "apikey", "api_key", "private"};
+    static const char *const words[] = { "password", "passwd", "secret",  "token",  "authorization",
+                                         "cookie",   "apikey", "api_key", "private" };
 
     for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
         if (strcasestr(k, words[i]))

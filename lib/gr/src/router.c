@@ -11,7 +11,7 @@
 #include "gr/router.h"
 
 #define MAX_SEGMENTS 32
-#define MAX_METHODS 8
+#define MAX_METHODS  8
 
 struct node {
     char *literal;    /* NULL for the parameter child */
@@ -184,8 +184,8 @@ struct taken {
     size_t seg;
 };
 
-static const struct node *walk(const struct node *n, const struct seg *segs, size_t nsegs,
-                               size_t i, struct taken *params, size_t *nparam_nodes)
+static const struct node *walk(const struct node *n, const struct seg *segs, size_t nsegs, size_t i,
+                               struct taken *params, size_t *nparam_nodes)
 {
     const struct node *found;
 

@@ -39,9 +39,9 @@ static int h_health(struct gr_req *req, struct gr_resp *resp)
     json_t *o;
 
     gr_time_format(gr_time_now_ms(), now);
-    o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "status", "healthy", "service",
-                  p->ctx.svc->name, "version", p->ctx.svc->version, "timestamp", now,
-                  "uptime_seconds", (json_int_t)((gr_time_mono_ms() - p->started_ms) / 1000));
+    o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "status", "healthy", "service", p->ctx.svc->name,
+                  "version", p->ctx.svc->version, "timestamp", now, "uptime_seconds",
+                  (json_int_t)((gr_time_mono_ms() - p->started_ms) / 1000));
     gr_resp_json(resp, 200, o);
     return 0;
 }
@@ -53,9 +53,10 @@ static json_t *check_db(struct platform *p, bool *ok)
     json_t *o = json_object();
 
     json_object_set_new(o, "status", json_string(rc == 0 ? "up" : "down"));
-    json_object_set_new(o, "engine", json_string(!p->ctx.db                               ? "none"
-                                                 : gr_db_engine(p->ctx.db) == GR_DB_PG ? "postgres"
-                                                                                         : "sqlite"));
+    json_object_set_new(o, "engine",
+                        json_string(!p->ctx.db                            ? "none"
+                                    : gr_db_engine(p->ctx.db) == GR_DB_PG ? "postgres"
+                                                                          : "sqlite"));
     json_object_set_new(o, "latency_ms", json_real((double)(gr_time_mono_ns() - t0) / 1e6));
     if (rc < 0)
         *ok = false;
@@ -127,21 +128,22 @@ static int h_openapi(struct gr_req *req, struct gr_resp *resp)
 }
 
 static const struct gr_route platform_routes[] = {
-    {"GET", "/health", h_health, GR_R_INTERNAL, NULL, NULL, 0},
-    {"GET", "/health/detailed", h_health_detailed, GR_R_INTERNAL, NULL, NULL, 0},
-    {"GET", "/ready", h_ready, GR_R_INTERNAL, NULL, NULL, 0},
-    {"GET", "/metrics", h_metrics, GR_R_INTERNAL, NULL, NULL, 0},
-    {"GET", "/openapi.json", h_openapi, GR_R_INTERNAL, NULL, NULL, 0},
+    { "GET", "/health", h_health, GR_R_INTERNAL, NULL, NULL, 0 },
+    { "GET", "/health/detailed", h_health_detailed, GR_R_INTERNAL, NULL, NULL, 0 },
+    { "GET", "/ready", h_ready, GR_R_INTERNAL, NULL, NULL, 0 },
+    { "GET", "/metrics", h_metrics, GR_R_INTERNAL, NULL, NULL, 0 },
+    { "GET", "/openapi.json", h_openapi, GR_R_INTERNAL, NULL, NULL, 0 },
 };
 
 static void usage(const struct gr_service *svc)
 {
-    printf("%s %s - Gravity service (default port %d)\n"
-           "usage: %s [--describe | --routes | --openapi | --version | --help]\n"
-           "Configuration comes from the environment (see README.md): PORT, HOST, DATA_DIR,\n"
-           "DATABASE_URL, JWKS_URL, JWT_ISSUER, JWT_AUDIENCE, LOG_LEVEL, LOG_FORMAT, HTTP_THREADS,\n"
-           "HTTP_MAX_BODY, HTTP_TIMEOUT, DRAIN_TIMEOUT, CURSOR_SECRET.\n",
-           svc->id, svc->version, svc->port, svc->id);
+    printf(
+        "%s %s - Gravity service (default port %d)\n"
+        "usage: %s [--describe | --routes | --openapi | --version | --help]\n"
+        "Configuration comes from the environment (see README.md): PORT, HOST, DATA_DIR,\n"
+        "DATABASE_URL, JWKS_URL, JWT_ISSUER, JWT_AUDIENCE, LOG_LEVEL, LOG_FORMAT, HTTP_THREADS,\n"
+        "HTTP_MAX_BODY, HTTP_TIMEOUT, DRAIN_TIMEOUT, CURSOR_SECRET.\n",
+        svc->id, svc->version, svc->port, svc->id);
 }
 
 static int write_port_file(const char *path, int port)
@@ -162,7 +164,7 @@ static int write_port_file(const char *path, int port)
 static int open_db(struct platform *p)
 {
     const struct gr_service *svc = p->ctx.svc;
-    struct gr_db_opts opts = {.sqlite_sync_full = svc->sqlite_sync_full, .busy_timeout_ms = 5000};
+    struct gr_db_opts opts = { .sqlite_sync_full = svc->sqlite_sync_full, .busy_timeout_ms = 5000 };
     char err[512] = "", url[4200];
     const char *u = p->ctx.cfg.database_url;
     int64_t deadline;
@@ -210,8 +212,8 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
 {
     static struct platform plat; /* one per process; reached via req->ctx */
     struct platform *p = &plat;
-    const struct gr_route *tables[2] = {svc->routes, platform_routes};
-    size_t counts[2] = {svc->nroutes, sizeof(platform_routes) / sizeof(platform_routes[0])};
+    const struct gr_route *tables[2] = { svc->routes, platform_routes };
+    size_t counts[2] = { svc->nroutes, sizeof(platform_routes) / sizeof(platform_routes[0]) };
     char err[512] = "";
     sigset_t set;
     int rc, sig = 0;
@@ -291,8 +293,8 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     p->srv.counts = counts;
     p->srv.ntables = 2;
     gr_http__init_metrics(&p->srv);
-    p->srv.inflight_gauge = gr_metrics_gauge(p->ctx.metrics, "http_requests_in_flight",
-                                             "Requests being served", NULL);
+    p->srv.inflight_gauge =
+        gr_metrics_gauge(p->ctx.metrics, "http_requests_in_flight", "Requests being served", NULL);
     rc = gr_http__start(&p->srv);
     if (rc < 0) {
         release(p);
@@ -302,8 +304,9 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     {
         char port[16];
         snprintf(port, sizeof(port), "%d", p->srv.port);
-        gr_log_info("listening", "host", p->ctx.cfg.host, "port", port, "version", svc->version,
-                    "database", p->ctx.db ? (gr_db_engine(p->ctx.db) == GR_DB_PG ? "postgres" : "sqlite") : "none");
+        gr_log_info(
+            "listening", "host", p->ctx.cfg.host, "port", port, "version", svc->version, "database",
+            p->ctx.db ? (gr_db_engine(p->ctx.db) == GR_DB_PG ? "postgres" : "sqlite") : "none");
     }
     if (p->ctx.cfg.port_file && write_port_file(p->ctx.cfg.port_file, p->srv.port) < 0)
         gr_log_error("cannot write GR_PORT_FILE", "path", p->ctx.cfg.port_file);

@@ -16,7 +16,7 @@ struct errinfo {
 };
 
 static const struct errinfo errtab[] = {
-#define E(name, val, http, slug, title) {(val), (http), (slug), (title)},
+#define E(name, val, http, slug, title) { (val), (http), (slug), (title) },
     GR_ERRNO_MAP(E)
 #undef E
 };

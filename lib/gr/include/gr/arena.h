@@ -24,7 +24,10 @@ struct gr_arena {
     size_t max;        /* 0 = unlimited; above it allocation aborts the request via GR_BUG */
 };
 
-#define GR_ARENA_INIT {0}
+#define GR_ARENA_INIT                                                                              \
+    {                                                                                              \
+        0                                                                                          \
+    }
 
 void gr_arena_init(struct gr_arena *a);
 /** Runs the cleanups, frees every chunk, leaves @a initialised and empty. */

@@ -20,12 +20,12 @@ struct gr_str {
     size_t len;
 };
 
-#define GR_STR(lit) ((struct gr_str){(lit), sizeof(lit) - 1})
-#define GR_STR_NULL ((struct gr_str){NULL, 0})
+#define GR_STR(lit) ((struct gr_str){ (lit), sizeof(lit) - 1 })
+#define GR_STR_NULL ((struct gr_str){ NULL, 0 })
 
 static inline struct gr_str gr_str_c(const char *s)
 {
-    struct gr_str r = {s, s ? strlen(s) : 0};
+    struct gr_str r = { s, s ? strlen(s) : 0 };
     return r;
 }
 static inline bool gr_str_eq(struct gr_str a, struct gr_str b)
@@ -40,13 +40,16 @@ static inline bool gr_str_eqc(struct gr_str a, const char *c)
 #define GR_BUF_DEFAULT_MAX ((size_t)64 << 20)
 
 struct gr_buf {
-    char *ptr;  /* always NUL-terminated when cap > 0; owned (gr_xmalloc) */
+    char *ptr; /* always NUL-terminated when cap > 0; owned (gr_xmalloc) */
     size_t len;
     size_t cap;
     size_t max; /* 0 = GR_BUF_DEFAULT_MAX */
 };
 
-#define GR_BUF_INIT {NULL, 0, 0, 0}
+#define GR_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0, 0                                                                              \
+    }
 
 void gr_buf_init(struct gr_buf *b, size_t max);
 /** Frees the contents; @b can be reused after gr_buf_init. */

@@ -47,8 +47,8 @@ GR_MUST_CHECK int gr_config_load(struct gr_config *c, const struct gr_service *s
 GR_MUST_CHECK int gr_config_int(const char *name, long long def, long long min, long long max,
                                 long long *out, char *err, size_t errlen);
 /** Byte size with optional K/M/G suffix (powers of 1024), in [min, max]. */
-GR_MUST_CHECK int gr_config_size(const char *name, size_t def, size_t min, size_t max,
-                                 size_t *out, char *err, size_t errlen);
+GR_MUST_CHECK int gr_config_size(const char *name, size_t def, size_t min, size_t max, size_t *out,
+                                 char *err, size_t errlen);
 /** Boolean: 1/0, true/false, yes/no, on/off. */
 GR_MUST_CHECK int gr_config_bool(const char *name, bool def, bool *out, char *err, size_t errlen);
 /** String, @def when unset or empty; with @choices (NULL-terminated) the value must be one. */

@@ -23,7 +23,7 @@ struct gr_principal;
 struct gr_db_conn;
 
 #define GR_ROUTE_MAX_PARAMS 8
-#define GR_REQ_MAX_QUERY 32
+#define GR_REQ_MAX_QUERY    32
 #define GR_RESP_MAX_HEADERS 16
 
 struct gr_kv {
@@ -33,21 +33,21 @@ struct gr_kv {
 
 struct gr_req {
     struct gr_arena *arena;
-    struct gr_ctx *ctx;       /* the running service (gr/service.h) */
-    void *app;                /* the service's own state, from its init hook */
-    const char *method;       /* "GET", ... (borrowed) */
-    const char *path;         /* raw path, without the query string */
-    struct gr_str body;       /* raw body bytes (arena) */
-    json_t *json;             /* parsed body on routes with a JSON body (arena-owned ref) */
+    struct gr_ctx *ctx; /* the running service (gr/service.h) */
+    void *app;          /* the service's own state, from its init hook */
+    const char *method; /* "GET", ... (borrowed) */
+    const char *path;   /* raw path, without the query string */
+    struct gr_str body; /* raw body bytes (arena) */
+    json_t *json;       /* parsed body on routes with a JSON body (arena-owned ref) */
     const struct gr_route *route;
     struct gr_kv params[GR_ROUTE_MAX_PARAMS]; /* path parameters, decoded */
     size_t nparams;
-    struct gr_kv query[GR_REQ_MAX_QUERY];     /* query parameters, decoded */
+    struct gr_kv query[GR_REQ_MAX_QUERY]; /* query parameters, decoded */
     size_t nquery;
-    const char *request_id;              /* X-Request-Id (validated) or a new UUIDv7 */
+    const char *request_id;               /* X-Request-Id (validated) or a new UUIDv7 */
     const struct gr_principal *principal; /* verified bearer token, NULL when anonymous */
-    struct gr_db_conn *db;               /* this thread's DB connection (NULL if no DB) */
-    void *conn;                          /* internal: the libmicrohttpd connection */
+    struct gr_db_conn *db;                /* this thread's DB connection (NULL if no DB) */
+    void *conn;                           /* internal: the libmicrohttpd connection */
 };
 
 struct gr_hdr {
@@ -56,16 +56,16 @@ struct gr_hdr {
 };
 
 struct gr_resp {
-    int status;          /* default 200 */
-    json_t *json;        /* body; owned by the response (decref'd with the arena) */
-    const char *body;    /* raw body alternative (arena or static) */
+    int status;       /* default 200 */
+    json_t *json;     /* body; owned by the response (decref'd with the arena) */
+    const char *body; /* raw body alternative (arena or static) */
     size_t body_len;
     const char *content_type;
     struct gr_hdr headers[GR_RESP_MAX_HEADERS];
     size_t nheaders;
-    struct gr_errs errs;  /* field errors of a problem response */
-    const char *detail;   /* problem detail (arena or static) */
-    const char *type;     /* problem slug override, e.g. "slug_taken" (static) */
+    struct gr_errs errs; /* field errors of a problem response */
+    const char *detail;  /* problem detail (arena or static) */
+    const char *type;    /* problem slug override, e.g. "slug_taken" (static) */
 };
 
 /** A route handler; see the file comment. */

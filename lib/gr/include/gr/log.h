@@ -34,8 +34,8 @@ void gr_log(int level, const char *msg, ...) __attribute__((sentinel));
 void gr_log_raw(int level, const char *msg, const char *json_fields);
 
 #define gr_log_debug(...) gr_log(GR_LOG_DEBUG, __VA_ARGS__, (char *)NULL)
-#define gr_log_info(...) gr_log(GR_LOG_INFO, __VA_ARGS__, (char *)NULL)
-#define gr_log_warn(...) gr_log(GR_LOG_WARN, __VA_ARGS__, (char *)NULL)
+#define gr_log_info(...)  gr_log(GR_LOG_INFO, __VA_ARGS__, (char *)NULL)
+#define gr_log_warn(...)  gr_log(GR_LOG_WARN, __VA_ARGS__, (char *)NULL)
 #define gr_log_error(...) gr_log(GR_LOG_ERROR, __VA_ARGS__, (char *)NULL)
 
 #endif

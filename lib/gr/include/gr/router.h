@@ -26,13 +26,13 @@ enum gr_route_flags {
 };
 
 struct gr_route {
-    const char *method;      /* "GET", "POST", "PUT", "PATCH", "DELETE" */
-    const char *pattern;     /* see file comment */
+    const char *method;  /* "GET", "POST", "PUT", "PATCH", "DELETE" */
+    const char *pattern; /* see file comment */
     gr_handler_fn handler;
-    unsigned flags;          /* enum gr_route_flags */
-    const char *perm;        /* permission required (implies GR_R_AUTH), or NULL */
-    const char *query;       /* allowed query parameters, comma-separated; NULL = none */
-    size_t body_max;         /* body limit in bytes; 0 = HTTP_MAX_BODY */
+    unsigned flags;    /* enum gr_route_flags */
+    const char *perm;  /* permission required (implies GR_R_AUTH), or NULL */
+    const char *query; /* allowed query parameters, comma-separated; NULL = none */
+    size_t body_max;   /* body limit in bytes; 0 = HTTP_MAX_BODY */
 };
 
 struct gr_router; /* compiled table */
@@ -48,10 +48,9 @@ void gr_router_free(struct gr_router *r);
  * matches but not the method, with @allow set to "GET, HEAD, POST" (arena); GR_EINVAL when a
  * segment has bad percent-encoding, an encoded '/' or NUL, or is "." or "..".
  */
-GR_MUST_CHECK int gr_router_match(const struct gr_router *r, struct gr_arena *a,
-                                  const char *method, const char *path,
-                                  const struct gr_route **route, struct gr_kv *params,
-                                  size_t *nparams, const char **allow);
+GR_MUST_CHECK int gr_router_match(const struct gr_router *r, struct gr_arena *a, const char *method,
+                                  const char *path, const struct gr_route **route,
+                                  struct gr_kv *params, size_t *nparams, const char **allow);
 
 /** Percent-decodes @s (len @n) into the arena; '+' stays '+'. GR_EINVAL on bad escapes or NUL. */
 GR_MUST_CHECK int gr_url_decode(struct gr_arena *a, const char *s, size_t n, bool plus_space,

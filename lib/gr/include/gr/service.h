@@ -30,8 +30,8 @@ struct gr_service {
     const struct gr_route *routes;
     size_t nroutes;
     const struct gr_migration *migrations; /* usually gr_svc_migrations (embedded) */
-    const char *openapi_json;               /* usually gr_svc_openapi_json (embedded) */
-    bool sqlite_sync_full;                  /* money, stock and order data */
+    const char *openapi_json;              /* usually gr_svc_openapi_json (embedded) */
+    bool sqlite_sync_full;                 /* money, stock and order data */
     /** Optional: builds the service state reached through req->app. */
     int (*init)(struct gr_ctx *ctx, void **app);
     /** Optional: releases it after the server stopped. */

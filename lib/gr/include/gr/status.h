@@ -11,29 +11,29 @@
 
 #include <stddef.h>
 
-#define GR_MUST_CHECK __attribute__((warn_unused_result))
+#define GR_MUST_CHECK   __attribute__((warn_unused_result))
 #define GR_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
 /* X-macro: code, value, HTTP status, problem slug, title. */
 #define GR_ERRNO_MAP(X)                                                                            \
-    X(GR_EINVAL, -1, 400, "malformed_request", "Malformed request")                               \
-    X(GR_EUNAUTH, -2, 401, "unauthorized", "Unauthorized")                                        \
-    X(GR_EFORBIDDEN, -3, 403, "forbidden", "Forbidden")                                           \
-    X(GR_ENOTFOUND, -4, 404, "not_found", "Not found")                                            \
-    X(GR_EMETHOD, -5, 405, "method_not_allowed", "Method not allowed")                            \
-    X(GR_ECONFLICT, -6, 409, "conflict", "Conflict")                                              \
-    X(GR_ETOOBIG, -7, 413, "payload_too_large", "Payload too large")                              \
-    X(GR_EMEDIA, -8, 415, "unsupported_media_type", "Unsupported media type")                     \
-    X(GR_EVALID, -9, 422, "validation_error", "Validation failed")                                \
-    X(GR_ERATE, -10, 429, "rate_limited", "Too many requests")                                    \
-    X(GR_EHDRTOOBIG, -11, 431, "headers_too_large", "Request header fields too large")            \
-    X(GR_EINTERNAL, -12, 500, "internal_error", "Internal error")                                 \
-    X(GR_EUNAVAIL, -13, 503, "unavailable", "Service unavailable")                                \
-    X(GR_ETIMEOUT, -14, 504, "timeout", "Timed out")                                              \
-    X(GR_EIO, -15, 500, "io_error", "I/O error")                                                  \
-    X(GR_EDB, -16, 500, "database_error", "Database error")                                       \
-    X(GR_EBUSY, -17, 503, "busy", "Busy")                                                         \
-    X(GR_ECONFIG, -18, 500, "config_error", "Configuration error")                                \
+    X(GR_EINVAL, -1, 400, "malformed_request", "Malformed request")                                \
+    X(GR_EUNAUTH, -2, 401, "unauthorized", "Unauthorized")                                         \
+    X(GR_EFORBIDDEN, -3, 403, "forbidden", "Forbidden")                                            \
+    X(GR_ENOTFOUND, -4, 404, "not_found", "Not found")                                             \
+    X(GR_EMETHOD, -5, 405, "method_not_allowed", "Method not allowed")                             \
+    X(GR_ECONFLICT, -6, 409, "conflict", "Conflict")                                               \
+    X(GR_ETOOBIG, -7, 413, "payload_too_large", "Payload too large")                               \
+    X(GR_EMEDIA, -8, 415, "unsupported_media_type", "Unsupported media type")                      \
+    X(GR_EVALID, -9, 422, "validation_error", "Validation failed")                                 \
+    X(GR_ERATE, -10, 429, "rate_limited", "Too many requests")                                     \
+    X(GR_EHDRTOOBIG, -11, 431, "headers_too_large", "Request header fields too large")             \
+    X(GR_EINTERNAL, -12, 500, "internal_error", "Internal error")                                  \
+    X(GR_EUNAVAIL, -13, 503, "unavailable", "Service unavailable")                                 \
+    X(GR_ETIMEOUT, -14, 504, "timeout", "Timed out")                                               \
+    X(GR_EIO, -15, 500, "io_error", "I/O error")                                                   \
+    X(GR_EDB, -16, 500, "database_error", "Database error")                                        \
+    X(GR_EBUSY, -17, 503, "busy", "Busy")                                                          \
+    X(GR_ECONFIG, -18, 500, "config_error", "Configuration error")                                 \
     X(GR_EPRECOND, -19, 412, "precondition_failed", "Precondition failed")
 
 enum gr_errno {
@@ -73,7 +73,10 @@ struct gr_errs {
     size_t dropped;
 };
 
-#define GR_ERRS_INIT {.n = 0}
+#define GR_ERRS_INIT                                                                               \
+    {                                                                                              \
+        .n = 0                                                                                     \
+    }
 
 /** Adds one error; @field is copied, @fmt formatted into @a. */
 void gr_errs_add(struct gr_errs *e, struct gr_arena *a, const char *field, const char *fmt, ...)

@@ -20,14 +20,14 @@ static int h_a(struct gr_req *req, struct gr_resp *resp)
 }
 
 static const struct gr_route routes[] = {
-    {"GET", "/api/v1/products", h_a, 0, NULL, NULL, 0},
-    {"POST", "/api/v1/products", h_a, 0, NULL, NULL, 0},
-    {"GET", "/api/v1/products/variants", h_a, 0, NULL, NULL, 0},
-    {"GET", "/api/v1/products/{id}", h_a, 0, NULL, NULL, 0},
-    {"DELETE", "/api/v1/products/{id}", h_a, 0, NULL, NULL, 0},
-    {"PATCH", "/api/v1/products/{id}/variants/{vid}", h_a, 0, NULL, NULL, 0},
-    {"GET", "/api/v1/x/{a}/lit", h_a, 0, NULL, NULL, 0},
-    {"GET", "/api/v1/x/b/{c}", h_a, 0, NULL, NULL, 0},
+    { "GET", "/api/v1/products", h_a, 0, NULL, NULL, 0 },
+    { "POST", "/api/v1/products", h_a, 0, NULL, NULL, 0 },
+    { "GET", "/api/v1/products/variants", h_a, 0, NULL, NULL, 0 },
+    { "GET", "/api/v1/products/{id}", h_a, 0, NULL, NULL, 0 },
+    { "DELETE", "/api/v1/products/{id}", h_a, 0, NULL, NULL, 0 },
+    { "PATCH", "/api/v1/products/{id}/variants/{vid}", h_a, 0, NULL, NULL, 0 },
+    { "GET", "/api/v1/x/{a}/lit", h_a, 0, NULL, NULL, 0 },
+    { "GET", "/api/v1/x/b/{c}", h_a, 0, NULL, NULL, 0 },
 };
 
 struct fx {
@@ -38,8 +38,8 @@ struct fx {
 static int setup(void **state)
 {
     static struct fx fx;
-    const struct gr_route *const tables[] = {routes};
-    const size_t counts[] = {sizeof(routes) / sizeof(routes[0])};
+    const struct gr_route *const tables[] = { routes };
+    const size_t counts[] = { sizeof(routes) / sizeof(routes[0]) };
 
     memset(&fx, 0, sizeof(fx));
     if (gr_router_new(tables, counts, 1, &fx.r) < 0)
@@ -107,8 +107,7 @@ static void test_two_params_decoded(void **state)
     const char *allow = NULL;
 
     assert_int_equal(
-        match(fx, "PATCH", "/api/v1/products/p%201/variants/v%C3%A9", &rt, params, &np, &allow),
-        0);
+        match(fx, "PATCH", "/api/v1/products/p%201/variants/v%C3%A9", &rt, params, &np, &allow), 0);
     assert_int_equal(np, 2);
     assert_string_equal(params[0].value, "p 1");
     assert_string_equal(params[1].key, "vid");
@@ -136,12 +135,17 @@ static void test_404_and_bad_paths(void **state)
     struct gr_kv params[GR_ROUTE_MAX_PARAMS];
     size_t np;
     const char *allow = NULL;
-    static const char *const notfound[] = {"/api/v1/nothing", "/api/v1/products/", "//api/v1/products",
-                                           "/api/v1/products/a/b", "", "api/v1/products", "/"};
-    static const char *const bad[] = {"/api/v1/products/a%2Fb", "/api/v1/products/%00",
-                                      "/api/v1/products/%zz", "/api/v1/products/%4",
-                                      "/api/v1/products/..", "/api/v1/products/%2e%2e",
-                                      "/api/v1/products/."};
+    static const char *const notfound[] = { "/api/v1/nothing",
+                                            "/api/v1/products/",
+                                            "//api/v1/products",
+                                            "/api/v1/products/a/b",
+                                            "",
+                                            "api/v1/products",
+                                            "/" };
+    static const char *const bad[] = { "/api/v1/products/a%2Fb", "/api/v1/products/%00",
+                                       "/api/v1/products/%zz",   "/api/v1/products/%4",
+                                       "/api/v1/products/..",    "/api/v1/products/%2e%2e",
+                                       "/api/v1/products/." };
 
     for (size_t i = 0; i < sizeof(notfound) / sizeof(notfound[0]); i++)
         assert_int_equal(match(fx, "GET", notfound[i], &rt, params, &np, &allow), GR_ENOTFOUND);
@@ -151,13 +155,13 @@ static void test_404_and_bad_paths(void **state)
 
 static void test_bad_tables_rejected(void **state)
 {
-    static const struct gr_route dup[] = {{"GET", "/a/{x}", h_a, 0, NULL, NULL, 0},
-                                          {"GET", "/a/{x}", h_a, 0, NULL, NULL, 0}};
-    static const struct gr_route names[] = {{"GET", "/a/{x}", h_a, 0, NULL, NULL, 0},
-                                            {"POST", "/a/{y}", h_a, 0, NULL, NULL, 0}};
-    static const struct gr_route empty[] = {{"GET", "/a//b", h_a, 0, NULL, NULL, 0}};
-    const struct gr_route *const t1[] = {dup}, *const t2[] = {names}, *const t3[] = {empty};
-    const size_t c2[] = {2}, c1[] = {1};
+    static const struct gr_route dup[] = { { "GET", "/a/{x}", h_a, 0, NULL, NULL, 0 },
+                                           { "GET", "/a/{x}", h_a, 0, NULL, NULL, 0 } };
+    static const struct gr_route names[] = { { "GET", "/a/{x}", h_a, 0, NULL, NULL, 0 },
+                                             { "POST", "/a/{y}", h_a, 0, NULL, NULL, 0 } };
+    static const struct gr_route empty[] = { { "GET", "/a//b", h_a, 0, NULL, NULL, 0 } };
+    const struct gr_route *const t1[] = { dup }, *const t2[] = { names }, *const t3[] = { empty };
+    const size_t c2[] = { 2 }, c1[] = { 1 };
     struct gr_router *r = NULL;
 
     (void)state;
