@@ -11,6 +11,11 @@ CC       := clang
 BUILD    ?= build/asan
 SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 OPT      := -O1 -g
+else ifeq ($(SAN),tsan)
+CC       := clang
+BUILD    ?= build/tsan
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
+OPT      := -O1 -g
 else
 CC       ?= gcc
 BUILD    ?= build

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test.sh - the whole suite, as `make test` and CI run it: a normal build, then the same
-# suite built with ASan+UBSan (clang, -fno-sanitize-recover). Stops at the first red stage.
+# suite built with ASan+UBSan (clang, -fno-sanitize-recover) and with TSan (the services are
+# threaded, STYLE R29). Stops at the first red stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,5 +15,9 @@ scripts/run-suite.sh build
 echo "== build (clang, ASan+UBSan)"
 make --no-print-directory -j"$jobs" SAN=asan all
 scripts/run-suite.sh build/asan
+
+echo "== build (clang, TSan)"
+make --no-print-directory -j"$jobs" SAN=tsan all
+scripts/run-suite.sh build/tsan
 
 echo "== make test: all green in $(( $(date +%s) - start ))s"

@@ -45,7 +45,7 @@ REQUEST_TIMEOUT = 60.0  # socket timeout of one request
 POLL = 0.02  # poll interval while waiting for start-up / exit
 TRUNC = 2048  # expected/actual bodies are truncated to this in reports
 LOG_TAIL = 30  # server log lines shown for a failure
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer")
+SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
 DEFAULT_ISS = "gravity"
 DEFAULT_AUD = "gravity"
 
