@@ -200,6 +200,9 @@ int gr_db_open(const char *url, const struct gr_db_opts *opts, struct gr_db **ou
     db->opts = o;
     pthread_mutex_init(&db->mu, NULL);
     pthread_mutex_init(&db->write_mu, NULL);
+    pthread_mutex_init(&db->commit_mu, NULL);
+    pthread_cond_init(&db->commit_cv, NULL);
+    db->batch = 1;
     *out = db;
     return 0;
 }
@@ -221,8 +224,14 @@ void gr_db_close(struct gr_db *db)
     }
     db->conns = NULL;
     pthread_mutex_unlock(&db->mu);
+    if (db->writer) {
+        gr_db__lite_close(db->writer);
+        gr_free(db->writer);
+    }
     pthread_mutex_destroy(&db->mu);
     pthread_mutex_destroy(&db->write_mu);
+    pthread_mutex_destroy(&db->commit_mu);
+    pthread_cond_destroy(&db->commit_cv);
     gr_free(db->target);
     gr_free(db);
 }
@@ -348,6 +357,12 @@ static int engine_run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
     return gr_db__pg_run(c, a, sql, params, nparams, out, changes);
 }
 
+static void copy_err(struct gr_db_conn *dst, const struct gr_db_conn *src)
+{
+    memcpy(dst->errmsg, src->errmsg, sizeof(dst->errmsg));
+    memcpy(dst->errcode, src->errcode, sizeof(dst->errcode));
+}
+
 static int run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
                const struct gr_db_val *params, size_t nparams, struct gr_db_rows **out,
                long long *changes)
@@ -367,6 +382,13 @@ static int run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
     if (c->tx && c->tx_err) {
         gr_db__set_err(c, "txfail", "current transaction failed earlier; roll it back");
         rc = GR_EDB;
+        goto out;
+    }
+    if (c->via) {
+        /* SQLite transaction: its statements run on the shared writer (group commit). */
+        rc = engine_run(c->via, a, sql, params, nparams, out, changes);
+        if (rc < 0)
+            copy_err(c, c->via);
         goto out;
     }
     rc = ensure_open(c);
@@ -461,15 +483,163 @@ static bool engine_in_tx(const struct gr_db_conn *c)
     return gr_db__pg_in_tx(c);
 }
 
-/* @pg_sql: the PostgreSQL BEGIN statement (its isolation level). */
-static void release_write(struct gr_db_conn *c)
+/* ---- SQLite group commit ---------------------------------------------------------------- */
+
+#define BATCH_MAX 64 /* members of one batch at most, to bound the wait of the first */
+
+/* Records the end of the open batch with @rc and wakes its members. write_mu held. */
+static void batch_end(struct gr_db *db, int rc)
 {
-    if (c->holds_write) {
-        c->holds_write = false;
-        pthread_mutex_unlock(&c->db->write_mu);
-    }
+    pthread_mutex_lock(&db->commit_mu);
+    db->done_rc[db->batch % GR_DB__BATCH_RING] = rc;
+    db->done = db->batch;
+    db->batch++;
+    pthread_cond_broadcast(&db->commit_cv);
+    pthread_mutex_unlock(&db->commit_mu);
+    db->batch_open = false;
+    db->members = 0;
 }
 
+/* Commits the open batch (one fsync with synchronous=FULL). write_mu held. */
+static int batch_commit(struct gr_db *db)
+{
+    struct gr_db_conn *w = db->writer;
+    int rc = gr_db__lite_run(w, NULL, "COMMIT", NULL, 0, NULL, NULL);
+
+    if (rc < 0) {
+        log_failure(w, "COMMIT", rc);
+        if (gr_db__lite_in_tx(w))
+            (void)gr_db__lite_run(w, NULL, "ROLLBACK", NULL, 0, NULL, NULL);
+    }
+    batch_end(db, rc);
+    return rc;
+}
+
+/*
+ * Ends @c's membership (write_mu held, released here). The batch is committed now when no
+ * writer is queued behind us or it is full; otherwise the next writer carries it on and we
+ * wait until it ends. @joined: our work was merged into the batch and must be awaited.
+ */
+static int member_end(struct gr_db_conn *c, bool joined)
+{
+    struct gr_db *db = c->db;
+    uint64_t mine = db->batch;
+    bool ended = false;
+    int rc = 0;
+
+    c->via = NULL;
+    c->tx = false;
+    c->tx_err = 0;
+    if (joined)
+        db->members++;
+    if (db->batch_open) {
+        if (!gr_db__lite_in_tx(db->writer)) {
+            /* SQLite rolled the whole transaction back (I/O error, disk full): all fail. */
+            gr_log_error("db batch lost: sqlite rolled back the shared transaction");
+            batch_end(db, GR_EDB);
+            rc = GR_EDB;
+            ended = true;
+        } else if (atomic_load(&db->waiting) == 0 || db->members >= BATCH_MAX) {
+            rc = batch_commit(db);
+            ended = true;
+        }
+    }
+    c->holds_write = false;
+    pthread_mutex_unlock(&db->write_mu);
+    if (!joined)
+        return 0;
+    if (!ended) {
+        pthread_mutex_lock(&db->commit_mu);
+        while (db->done < mine)
+            pthread_cond_wait(&db->commit_cv, &db->commit_mu);
+        rc = db->done_rc[mine % GR_DB__BATCH_RING];
+        pthread_mutex_unlock(&db->commit_mu);
+    }
+    if (rc < 0)
+        copy_err(c, db->writer);
+    return rc;
+}
+
+static int lite_begin(struct gr_db_conn *c)
+{
+    struct gr_db *db = c->db;
+    struct gr_db_conn *w;
+    int rc;
+
+    atomic_fetch_add(&db->waiting, 1);
+    pthread_mutex_lock(&db->write_mu);
+    atomic_fetch_sub(&db->waiting, 1);
+    c->holds_write = true;
+    if (!db->writer) {
+        db->writer = gr_xcalloc(1, sizeof(*db->writer));
+        db->writer->db = db;
+        db->writer->owner = pthread_self();
+        db->writer->rnd = ((uint64_t)(uintptr_t)db->writer * 0x9e3779b97f4a7c15ULL) | 1;
+    }
+    w = db->writer;
+    rc = ensure_open(w);
+    if (rc == 0 && !db->batch_open) {
+        rc = gr_db__lite_begin(w);
+        if (rc == 0)
+            db->batch_open = true;
+    }
+    if (rc == 0)
+        rc = gr_db__lite_run(w, NULL, "SAVEPOINT gr_member", NULL, 0, NULL, NULL);
+    if (rc < 0) {
+        copy_err(c, w);
+        log_failure(c, "BEGIN IMMEDIATE", rc);
+        (void)member_end(c, false);
+        return rc;
+    }
+    c->via = w;
+    c->tx = true;
+    c->tx_err = 0;
+    return 0;
+}
+
+static int lite_rollback(struct gr_db_conn *c)
+{
+    struct gr_db_conn *w = c->via;
+    int rc = 0;
+
+    if (!c->holds_write) {
+        c->tx = false;
+        c->tx_err = 0;
+        return 0;
+    }
+    if (w && gr_db__lite_in_tx(w)) {
+        rc = gr_db__lite_run(w, NULL, "ROLLBACK TO gr_member", NULL, 0, NULL, NULL);
+        if (rc == 0)
+            rc = gr_db__lite_run(w, NULL, "RELEASE gr_member", NULL, 0, NULL, NULL);
+        if (rc < 0)
+            log_failure(w, "ROLLBACK TO", rc);
+    }
+    (void)member_end(c, false);
+    return rc;
+}
+
+static int lite_commit(struct gr_db_conn *c)
+{
+    int rc;
+
+    if (c->tx_err) {
+        rc = c->tx_err;
+        (void)lite_rollback(c);
+        return rc;
+    }
+    rc = gr_db__lite_run(c->via, NULL, "RELEASE gr_member", NULL, 0, NULL, NULL);
+    if (rc < 0) {
+        copy_err(c, c->via);
+        log_failure(c, "RELEASE", rc);
+        (void)lite_rollback(c);
+        return rc;
+    }
+    return member_end(c, true);
+}
+
+/* ---- transactions ----------------------------------------------------------------------- */
+
+/* @pg_sql: the PostgreSQL BEGIN statement (its isolation level). */
 static int begin_tx(struct gr_db_conn *c, const char *pg_sql)
 {
     int rc;
@@ -479,20 +649,9 @@ static int begin_tx(struct gr_db_conn *c, const char *pg_sql)
         gr_log_error("db begin inside a transaction");
         return GR_EINTERNAL;
     }
-    if (c->db->engine == GR_DB_SQLITE) {
-        rc = ensure_open(c);
-        if (rc < 0)
-            return rc;
-        pthread_mutex_lock(&c->db->write_mu);
-        c->holds_write = true;
-        rc = gr_db__lite_begin(c);
-        if (rc < 0) {
-            log_failure(c, "BEGIN IMMEDIATE", rc);
-            release_write(c);
-        }
-    } else {
-        rc = run(c, NULL, pg_sql, NULL, 0, NULL, NULL);
-    }
+    if (c->db->engine == GR_DB_SQLITE)
+        return lite_begin(c);
+    rc = run(c, NULL, pg_sql, NULL, 0, NULL, NULL);
     if (rc == 0) {
         c->tx = true;
         c->tx_err = 0;
@@ -509,6 +668,8 @@ int gr_db_rollback(struct gr_db_conn *c)
 {
     int rc = 0;
 
+    if (c->db->engine == GR_DB_SQLITE)
+        return lite_rollback(c);
     c->tx = false;
     c->tx_err = 0;
     if (engine_in_tx(c)) {
@@ -516,7 +677,6 @@ int gr_db_rollback(struct gr_db_conn *c)
         if (rc < 0)
             log_failure(c, "ROLLBACK", rc);
     }
-    release_write(c);
     return rc;
 }
 
@@ -529,12 +689,14 @@ int gr_db_commit(struct gr_db_conn *c)
         gr_log_error("db commit without a transaction");
         return GR_EINTERNAL;
     }
+    if (c->db->engine == GR_DB_SQLITE)
+        return lite_commit(c);
     if (c->tx_err) {
         rc = c->tx_err;
         gr_log_debug("db commit of a failed transaction, rolled back");
         goto fail;
     }
-    if (c->db->engine == GR_DB_PG && !gr_db__pg_healthy(c)) {
+    if (!gr_db__pg_healthy(c)) {
         gr_db__set_err(c, "libpq", "connection lost inside a transaction");
         rc = GR_EUNAVAIL;
         log_failure(c, "COMMIT", rc);
@@ -547,7 +709,6 @@ int gr_db_commit(struct gr_db_conn *c)
     }
     c->tx = false;
     c->tx_err = 0;
-    release_write(c);
     return 0;
 fail:
     (void)gr_db_rollback(c);
@@ -646,10 +807,13 @@ static int migrate_one(struct gr_db_conn *c, struct gr_arena *a, const char *ser
                      &r);
     if (rc < 0 || gr_db_nrows(r) > 0)
         goto out;
-    if (c->db->engine == GR_DB_SQLITE)
-        rc = gr_db__lite_script(c, sql);
-    else
+    if (c->db->engine == GR_DB_SQLITE) {
+        rc = gr_db__lite_script(c->via, sql);
+        if (rc < 0)
+            copy_err(c, c->via);
+    } else {
         rc = gr_db__pg_script(c, sql);
+    }
     if (rc < 0) {
         gr_log_error("migration failed", "service", service, "name", m->name, "error", c->errmsg,
                      "code", c->errcode);

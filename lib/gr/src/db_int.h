@@ -7,10 +7,14 @@
 
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <sqlite3.h>
 #include <stdint.h>
 
 #include "gr/db.h"
+
+#define GR_DB__BATCH_RING 1024 /* results of recent batches, for members still waiting */
 
 struct gr_db {
     int engine;
@@ -18,9 +22,23 @@ struct gr_db {
     char *target; /* SQLite file path or PostgreSQL URL; owned */
     struct gr_db_opts opts;
     pthread_mutex_t mu; /* guards conns */
-    /* SQLite: this process's writers queue here before BEGIN IMMEDIATE, so they hand the
-     * write lock over at once instead of sleeping in SQLite's busy handler. */
+    /*
+     * SQLite group commit (db.c): a transaction of this process runs as a SAVEPOINT inside
+     * one shared write transaction on `writer`. Writers queue on write_mu (handing the lock
+     * over at once instead of sleeping in SQLite's busy handler); the last writer of a chain,
+     * seeing nobody waiting, commits the batch, so one fsync serves many requests, and each
+     * member returns from gr_db_commit only once its batch is durable.
+     */
     pthread_mutex_t write_mu;
+    struct gr_db_conn *writer; /* guarded by write_mu */
+    bool batch_open;           /* writer is inside BEGIN IMMEDIATE; guarded by write_mu */
+    unsigned members;          /* members committed into the open batch; write_mu */
+    atomic_uint waiting;       /* threads queued on write_mu */
+    pthread_mutex_t commit_mu; /* guards batch, done, done_rc */
+    pthread_cond_t commit_cv;  /* broadcast when a batch ends */
+    uint64_t batch;            /* id of the open (or next) batch, from 1 */
+    uint64_t done;             /* id of the last batch that ended */
+    int done_rc[GR_DB__BATCH_RING];
     struct gr_db_conn *conns; /* every thread's connection, for gr_db_close */
 };
 
@@ -44,6 +62,7 @@ struct gr_db_conn {
     pthread_t owner;
     bool tx;          /* gr_db_begin succeeded and no commit/rollback since */
     bool holds_write; /* SQLite: this connection holds db->write_mu */
+    struct gr_db_conn *via; /* SQLite, in a transaction: the shared writer that runs it */
     int tx_err;       /* first error inside the open transaction, 0 if none */
     uint64_t rnd;     /* backoff jitter state */
     char errmsg[GR_DB_ERRMSG_MAX];

@@ -754,6 +754,78 @@ static void test_unique_race(void **state)
     assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM race"), 2);
 }
 
+
+/*
+ * Transactions committed concurrently (SQLite group commit): a successful gr_db_commit means
+ * the row is already visible to another connection (the batch is committed, not just
+ * queued); a failed member (unique violation) leaves nothing and does not harm the others.
+ */
+static void *group_thread(void *argp)
+{
+    struct conc_arg *arg = argp;
+    struct conc *s = arg->s;
+    struct gr_db_conn *c;
+    struct gr_arena a = GR_ARENA_INIT;
+    char key[32];
+
+    pthread_barrier_wait(&s->go);
+    if (gr_db_conn(s->db, &c) != 0) {
+        atomic_fetch_add(&s->errors, NTX);
+        return NULL;
+    }
+    for (int i = 0; i < NTX; i++) {
+        bool collide = (arg->n + i) % 5 == 0;
+        struct gr_db_val p[] = { GR_DB_TEXT(key) };
+        struct gr_db_val taken[] = { GR_DB_TEXT("taken") };
+        struct gr_db_rows *r = NULL;
+        int rc;
+
+        snprintf(key, sizeof(key), "g%d-%d", arg->n, i);
+        rc = gr_db_begin(c);
+        if (rc == 0)
+            rc = gr_db_exec(c, "INSERT INTO gc (k) VALUES ($1)", p, 1, NULL);
+        if (rc == 0 && collide)
+            rc = gr_db_exec(c, "INSERT INTO gc (k) VALUES ($1)", taken, 1, NULL);
+        if (rc == 0)
+            rc = gr_db_commit(c);
+        else
+            (void)gr_db_rollback(c);
+        if (rc == 0)
+            atomic_fetch_add(&s->ok, 1);
+        else if (rc == GR_ECONFLICT && collide)
+            atomic_fetch_add(&s->conflicts, 1);
+        else if (atomic_fetch_add(&s->errors, 1) == 0)
+            s->first_err = rc;
+        /* Outside any transaction, this thread's own connection must see exactly the outcome. */
+        if (gr_db_query(c, &a, "SELECT COUNT(*) FROM gc WHERE k = $1", p, 1, &r) != 0 ||
+            gr_db_int(r, 0, 0) != (rc == 0 ? 1 : 0)) {
+            if (atomic_fetch_add(&s->errors, 1) == 0)
+                s->first_err = GR_EINTERNAL;
+        }
+        gr_arena_release(&a);
+    }
+    return NULL;
+}
+
+static void test_group_commit(void **state)
+{
+    struct env *e = *state;
+    struct conc s = { .db = e->db };
+    long long expect_conflicts = 0;
+
+    exec_ok(e, "CREATE TABLE gc (k TEXT PRIMARY KEY)");
+    exec_ok(e, "INSERT INTO gc (k) VALUES ('taken')");
+    for (int n = 0; n < NTHREADS; n++)
+        for (int i = 0; i < NTX; i++)
+            expect_conflicts += (n + i) % 5 == 0;
+    run_threads(&s, group_thread);
+    if (atomic_load(&s.errors) != 0)
+        fail_msg("%d errors, first %s", atomic_load(&s.errors), gr_err_name(s.first_err));
+    assert_int_equal(atomic_load(&s.conflicts), expect_conflicts);
+    assert_int_equal(atomic_load(&s.ok), NTHREADS * NTX - expect_conflicts);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM gc"), 1 + NTHREADS * NTX - expect_conflicts);
+}
+
 /* ---- PostgreSQL connection loss -------------------------------------------------------- */
 
 static long long backend_pid(struct env *e)
@@ -822,6 +894,7 @@ static void test_pg_reconnect(void **state)
     X(test_migrate_race)                                                                           \
     X(test_concurrent_tx)                                                                          \
     X(test_unique_race)                                                                            \
+    X(test_group_commit)                                                                           \
     X(test_pg_reconnect)
 
 #define LITE_TEST(t) cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_sqlite),
