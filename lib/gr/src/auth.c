@@ -266,7 +266,7 @@ static int b64_member(const json_t *jwk, const char *name, unsigned char *buf, s
     len = strlen(s);
     if (len == 0 || len * 3 / 4 > cap)
         return GR_EINVAL;
-    return gr_auth__b64url_decode(s, len, buf, n);
+    return gr_b64url_decode(s, len, buf, n);
 }
 
 /* Builds a public EVP_PKEY of @type from @params. */
@@ -940,13 +940,13 @@ int gr_auth_verify(struct gr_auth *au, struct gr_arena *a, const char *token, si
     /* Decoded parts are shorter than their text, so one buffer of @len bytes holds all three. */
     buf = gr_xmalloc(len);
     hraw = buf;
-    if (gr_auth__b64url_decode(token, (size_t)(d1 - token), hraw, &hn) < 0)
+    if (gr_b64url_decode(token, (size_t)(d1 - token), hraw, &hn) < 0)
         goto out;
     praw = hraw + hn;
-    if (gr_auth__b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), praw, &pn) < 0)
+    if (gr_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), praw, &pn) < 0)
         goto out;
     sraw = praw + pn;
-    if (gr_auth__b64url_decode(d2 + 1, (size_t)(token + len - d2 - 1), sraw, &sn) < 0)
+    if (gr_b64url_decode(d2 + 1, (size_t)(token + len - d2 - 1), sraw, &sn) < 0)
         goto out;
     hdr = json_loadb((const char *)hraw, hn, JSON_REJECT_DUPLICATES, &jerr);
     if (check_header(hdr, &alg, &kid, &why) < 0)

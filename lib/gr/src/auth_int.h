@@ -26,10 +26,6 @@ int gr_auth__pkey_alg(const EVP_PKEY *pk);
  * bits) into @out, which must hold @n * 3 / 4 bytes; *@outlen gets the length.
  * Errors: GR_EINVAL.
  */
-GR_MUST_CHECK int gr_auth__b64url_decode(const char *in, size_t n, unsigned char *out,
-                                         size_t *outlen);
-/** Appends unpadded base64url of @p (@n bytes) to @b. Errors: GR_ETOOBIG. */
-GR_MUST_CHECK int gr_auth__b64url_encode(struct gr_buf *b, const unsigned char *p, size_t n);
 
 /**
  * Verifies @sig (@siglen bytes; ES256 as JOSE r||s of exactly 64 bytes, RS256 exactly the

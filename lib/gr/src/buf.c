@@ -137,3 +137,81 @@ const char *gr_buf_cstr(const struct gr_buf *b)
 {
     return b->ptr ? b->ptr : empty;
 }
+
+/* ---- base64url (JWTs, cursors) ---------------------------------------------------------- */
+
+static const char b64url_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static int b64url_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '-')
+        return 62;
+    if (c == '_')
+        return 63;
+    return -1;
+}
+
+int gr_b64url_decode(const char *in, size_t n, unsigned char *out, size_t *outlen)
+{
+    unsigned acc = 0, bits = 0;
+    size_t i, o = 0;
+    int v;
+
+    if (n % 4 == 1)
+        return GR_EINVAL;
+    for (i = 0; i < n; i++) {
+        v = b64url_val((unsigned char)in[i]);
+        if (v < 0)
+            return GR_EINVAL;
+        acc = (acc << 6) | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    /* Leftover bits must be zero, so every byte string has exactly one encoding. */
+    if (acc != 0)
+        return GR_EINVAL;
+    *outlen = o;
+    return 0;
+}
+
+int gr_b64url_encode(struct gr_buf *b, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    char quad[4];
+    size_t i;
+    unsigned v;
+    int rc = 0;
+
+    for (i = 0; i + 3 <= n && rc == 0; i += 3) {
+        v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
+        quad[0] = b64url_chars[v >> 18];
+        quad[1] = b64url_chars[(v >> 12) & 63];
+        quad[2] = b64url_chars[(v >> 6) & 63];
+        quad[3] = b64url_chars[v & 63];
+        rc = gr_buf_append(b, quad, 4);
+    }
+    if (rc == 0 && n - i == 1) {
+        v = (unsigned)p[i] << 16;
+        quad[0] = b64url_chars[v >> 18];
+        quad[1] = b64url_chars[(v >> 12) & 63];
+        rc = gr_buf_append(b, quad, 2);
+    } else if (rc == 0 && n - i == 2) {
+        v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8;
+        quad[0] = b64url_chars[v >> 18];
+        quad[1] = b64url_chars[(v >> 12) & 63];
+        quad[2] = b64url_chars[(v >> 6) & 63];
+        rc = gr_buf_append(b, quad, 3);
+    }
+    return rc;
+}

@@ -17,13 +17,11 @@
 #include <openssl/rand.h>
 
 #include "gr/arena.h"
+#include "gr/buf.h"
 #include "gr/cursor.h"
 
 #define TAG_LEN     16
 #define TAG_B64_LEN 22 /* ceil(16 * 4 / 3) without padding */
-
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
 void gr_cursor_key_from_secret(struct gr_cursor_key *key, const char *secret, size_t len)
 {
@@ -37,80 +35,6 @@ void gr_cursor_key_random(struct gr_cursor_key *key)
 {
     if (RAND_bytes(key->k, (int)sizeof(key->k)) != 1)
         GR_BUG("random key generation failed");
-}
-
-/* Writes unpadded base64url of @src into @dst (room for (n * 4 + 2) / 3 bytes), returns len. */
-static size_t b64_encode(char *dst, const unsigned char *src, size_t n)
-{
-    size_t o = 0, i = 0;
-
-    for (; i + 3 <= n; i += 3) {
-        unsigned v = (unsigned)src[i] << 16 | (unsigned)src[i + 1] << 8 | src[i + 2];
-
-        dst[o++] = b64_alphabet[v >> 18];
-        dst[o++] = b64_alphabet[(v >> 12) & 63];
-        dst[o++] = b64_alphabet[(v >> 6) & 63];
-        dst[o++] = b64_alphabet[v & 63];
-    }
-    if (n - i == 1) {
-        unsigned v = (unsigned)src[i] << 16;
-
-        dst[o++] = b64_alphabet[v >> 18];
-        dst[o++] = b64_alphabet[(v >> 12) & 63];
-    } else if (n - i == 2) {
-        unsigned v = (unsigned)src[i] << 16 | (unsigned)src[i + 1] << 8;
-
-        dst[o++] = b64_alphabet[v >> 18];
-        dst[o++] = b64_alphabet[(v >> 12) & 63];
-        dst[o++] = b64_alphabet[(v >> 6) & 63];
-    }
-    return o;
-}
-
-static int b64_value(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
-/*
- * Decodes @n characters of canonical unpadded base64url into @dst (room for n * 3 / 4 bytes).
- * False on any other character, an impossible length (n % 4 == 1) or non-zero unused bits.
- */
-static bool b64_decode(unsigned char *dst, size_t *out_len, const char *src, size_t n)
-{
-    uint32_t acc = 0;
-    unsigned bits = 0;
-    size_t o = 0;
-
-    if (n % 4 == 1)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value(src[i]);
-
-        if (v < 0)
-            return false;
-        acc = (acc << 6 | (uint32_t)v) & 0xffffff;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            dst[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    /* The 2 or 4 leftover bits must be zero: otherwise two texts would decode alike. */
-    if (acc & ((1u << bits) - 1))
-        return false;
-    *out_len = o;
-    return true;
 }
 
 /* Computes the 16-byte tag over scope || 0x00 || payload. */
@@ -138,8 +62,7 @@ int gr_cursor_encode(const struct gr_cursor_key *key, struct gr_arena *a, const 
                      const char *payload, size_t len, const char **out)
 {
     unsigned char tag[TAG_LEN];
-    char *s;
-    size_t o;
+    struct gr_buf b = GR_BUF_INIT;
     int rc;
 
     if (len > GR_CURSOR_PAYLOAD_MAX)
@@ -147,13 +70,16 @@ int gr_cursor_encode(const struct gr_cursor_key *key, struct gr_arena *a, const 
     rc = compute_tag(key, a, scope, (const unsigned char *)payload, len, tag);
     if (rc < 0)
         return rc;
-    s = gr_arena_alloc(a, (len * 4 + 2) / 3 + 1 + TAG_B64_LEN + 1);
-    o = b64_encode(s, (const unsigned char *)payload, len);
-    s[o++] = '.';
-    o += b64_encode(s + o, tag, TAG_LEN);
-    s[o] = '\0';
-    *out = s;
-    return 0;
+    gr_buf_init(&b, GR_CURSOR_MAX + 1);
+    rc = gr_b64url_encode(&b, payload, len);
+    if (rc == 0)
+        rc = gr_buf_putc(&b, '.');
+    if (rc == 0)
+        rc = gr_b64url_encode(&b, tag, TAG_LEN);
+    if (rc == 0)
+        *out = gr_arena_strndup(a, gr_buf_cstr(&b), b.len);
+    gr_buf_release(&b);
+    return rc;
 }
 
 int gr_cursor_decode(const struct gr_cursor_key *key, struct gr_arena *a, const char *scope,
@@ -176,10 +102,10 @@ int gr_cursor_decode(const struct gr_cursor_key *key, struct gr_arena *a, const 
     plen_b64 = (size_t)(dot - cursor);
     if (n - plen_b64 - 1 != TAG_B64_LEN)
         return GR_EINVAL;
-    if (!b64_decode(want, &tlen, dot + 1, TAG_B64_LEN) || tlen != TAG_LEN)
+    if (gr_b64url_decode(dot + 1, TAG_B64_LEN, want, &tlen) < 0 || tlen != TAG_LEN)
         return GR_EINVAL;
     data = gr_arena_alloc(a, plen_b64 * 3 / 4 + 1);
-    if (!b64_decode(data, &dlen, cursor, plen_b64) || dlen > GR_CURSOR_PAYLOAD_MAX)
+    if (gr_b64url_decode(cursor, plen_b64, data, &dlen) < 0 || dlen > GR_CURSOR_PAYLOAD_MAX)
         return GR_EINVAL;
     rc = compute_tag(key, a, scope, data, dlen, tag);
     if (rc < 0)

@@ -27,9 +27,6 @@ struct gr_jwt_key {
 
 #define ES256_PART 32
 
-static const char b64url_chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 int gr_auth__alg_parse(const char *s)
 {
     if (s && strcmp(s, "RS256") == 0)
@@ -64,78 +61,6 @@ int gr_auth__pkey_alg(const EVP_PKEY *pk)
             return GR_AUTH__ES256;
     }
     return GR_EINVAL;
-}
-
-static int b64url_val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
-int gr_auth__b64url_decode(const char *in, size_t n, unsigned char *out, size_t *outlen)
-{
-    unsigned acc = 0, bits = 0;
-    size_t i, o = 0;
-    int v;
-
-    if (n % 4 == 1)
-        return GR_EINVAL;
-    for (i = 0; i < n; i++) {
-        v = b64url_val((unsigned char)in[i]);
-        if (v < 0)
-            return GR_EINVAL;
-        acc = (acc << 6) | (unsigned)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    /* Leftover bits must be zero, so every byte string has exactly one encoding. */
-    if (acc != 0)
-        return GR_EINVAL;
-    *outlen = o;
-    return 0;
-}
-
-int gr_auth__b64url_encode(struct gr_buf *b, const unsigned char *p, size_t n)
-{
-    char quad[4];
-    size_t i;
-    unsigned v;
-    int rc = 0;
-
-    for (i = 0; i + 3 <= n && rc == 0; i += 3) {
-        v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8 | p[i + 2];
-        quad[0] = b64url_chars[v >> 18];
-        quad[1] = b64url_chars[(v >> 12) & 63];
-        quad[2] = b64url_chars[(v >> 6) & 63];
-        quad[3] = b64url_chars[v & 63];
-        rc = gr_buf_append(b, quad, 4);
-    }
-    if (rc == 0 && n - i == 1) {
-        v = (unsigned)p[i] << 16;
-        quad[0] = b64url_chars[v >> 18];
-        quad[1] = b64url_chars[(v >> 12) & 63];
-        rc = gr_buf_append(b, quad, 2);
-    } else if (rc == 0 && n - i == 2) {
-        v = (unsigned)p[i] << 16 | (unsigned)p[i + 1] << 8;
-        quad[0] = b64url_chars[v >> 18];
-        quad[1] = b64url_chars[(v >> 12) & 63];
-        quad[2] = b64url_chars[(v >> 6) & 63];
-        rc = gr_buf_append(b, quad, 3);
-    }
-    return rc;
 }
 
 /* JOSE r||s (64 bytes) to a DER ECDSA-Sig-Value; *der is OPENSSL_free()d by the caller. */
@@ -312,7 +237,7 @@ out:
 static int set_b64(json_t *obj, const char *name, const unsigned char *p, size_t n)
 {
     struct gr_buf b = GR_BUF_INIT;
-    int rc = gr_auth__b64url_encode(&b, p, n);
+    int rc = gr_b64url_encode(&b, p, n);
 
     if (rc == 0)
         json_object_set_new(obj, name, json_stringn(gr_buf_cstr(&b), b.len));
@@ -419,9 +344,9 @@ static int sign_b64(const struct gr_jwt_key *k, const char *msg, size_t n, struc
     if (k->alg == GR_AUTH__ES256) {
         if (der_to_es256(sig, siglen, rs) < 0)
             goto out;
-        rc = gr_auth__b64url_encode(b, rs, sizeof(rs));
+        rc = gr_b64url_encode(b, rs, sizeof(rs));
     } else {
-        rc = gr_auth__b64url_encode(b, sig, siglen);
+        rc = gr_b64url_encode(b, sig, siglen);
     }
 out:
     ERR_clear_error();
@@ -438,11 +363,11 @@ int gr_jwt_sign_raw(const struct gr_jwt_key *k, const char *header, size_t hlen,
     int rc;
 
     *out = NULL;
-    rc = gr_auth__b64url_encode(&b, (const unsigned char *)header, hlen);
+    rc = gr_b64url_encode(&b, (const unsigned char *)header, hlen);
     if (rc == 0)
         rc = gr_buf_putc(&b, '.');
     if (rc == 0)
-        rc = gr_auth__b64url_encode(&b, (const unsigned char *)payload, plen);
+        rc = gr_b64url_encode(&b, (const unsigned char *)payload, plen);
     if (rc < 0)
         goto out;
     signed_len = b.len;

@@ -63,6 +63,17 @@ int gr_buf_printf(struct gr_buf *b, const char *fmt, ...) GR_PRINTF(2, 3);
 int gr_buf_vprintf(struct gr_buf *b, const char *fmt, va_list ap) GR_PRINTF(2, 0);
 /** Appends @s as a JSON string literal with quotes (valid UTF-8 assumed). */
 int gr_buf_json_str(struct gr_buf *b, const char *s, size_t n);
+/**
+ * Appends the unpadded base64url (RFC 4648 §5) text of @n bytes at @p. GR_ETOOBIG past the
+ * buffer's limit.
+ */
+int gr_b64url_encode(struct gr_buf *b, const void *p, size_t n);
+/**
+ * Decodes @n characters of canonical unpadded base64url into @out (room for n * 3 / 4 bytes)
+ * and sets *@outlen. GR_EINVAL on padding or any other character, an impossible length
+ * (n % 4 == 1) or non-zero unused low bits, so every byte string has exactly one text form.
+ */
+GR_MUST_CHECK int gr_b64url_decode(const char *in, size_t n, unsigned char *out, size_t *outlen);
 /** Hands the contents to the caller (caller frees with gr_free) and re-inits @b. */
 char *gr_buf_detach(struct gr_buf *b, size_t *len);
 /** A borrowed view of the current contents (empty string when nothing was appended). */

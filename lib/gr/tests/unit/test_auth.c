@@ -54,7 +54,7 @@ static char *b64(struct gr_arena *a, const void *p, size_t n)
     struct gr_buf b = GR_BUF_INIT;
     char *s;
 
-    assert_int_equal(gr_auth__b64url_encode(&b, p, n), 0);
+    assert_int_equal(gr_b64url_encode(&b, p, n), 0);
     s = gr_arena_strdup(a, gr_buf_cstr(&b));
     gr_buf_release(&b);
     return s;
@@ -234,7 +234,7 @@ static char *flip_sig(struct fx *fx, const char *tok, size_t i, unsigned char ma
     size_t n = strlen(dot + 1), sn = 0;
     unsigned char *sig = gr_arena_alloc(&fx->arena, n);
 
-    assert_int_equal(gr_auth__b64url_decode(dot + 1, n, sig, &sn), 0);
+    assert_int_equal(gr_b64url_decode(dot + 1, n, sig, &sn), 0);
     assert_true(i < sn);
     sig[i] ^= mask;
     return gr_arena_printf(&fx->arena, "%.*s.%s", (int)(dot - tok), tok, b64(&fx->arena, sig, sn));
@@ -291,18 +291,18 @@ static void test_b64url(void **state)
     assert_string_equal(b64s(&a, "fo"), "Zm8");
     assert_string_equal(b64s(&a, "foo"), "Zm9v");
     assert_string_equal(b64(&a, bin, 2), "-_8");
-    assert_int_equal(gr_auth__b64url_decode("-_8", 3, out, &n), 0);
+    assert_int_equal(gr_b64url_decode("-_8", 3, out, &n), 0);
     assert_int_equal(n, 2);
     assert_memory_equal(out, bin, 2);
-    assert_int_equal(gr_auth__b64url_decode("Zm9vYg", 6, out, &n), 0);
+    assert_int_equal(gr_b64url_decode("Zm9vYg", 6, out, &n), 0);
     assert_int_equal(n, 4);
     assert_memory_equal(out, "foob", 4);
-    assert_int_equal(gr_auth__b64url_decode("Zg==", 4, out, &n), GR_EINVAL);
-    assert_int_equal(gr_auth__b64url_decode("Zh", 2, out, &n), GR_EINVAL); /* stray bits */
-    assert_int_equal(gr_auth__b64url_decode("Zm9vY", 5, out, &n), GR_EINVAL);
-    assert_int_equal(gr_auth__b64url_decode("Zm+v", 4, out, &n), GR_EINVAL);
-    assert_int_equal(gr_auth__b64url_decode("Zm/v", 4, out, &n), GR_EINVAL);
-    assert_int_equal(gr_auth__b64url_decode("Zm v", 4, out, &n), GR_EINVAL);
+    assert_int_equal(gr_b64url_decode("Zg==", 4, out, &n), GR_EINVAL);
+    assert_int_equal(gr_b64url_decode("Zh", 2, out, &n), GR_EINVAL); /* stray bits */
+    assert_int_equal(gr_b64url_decode("Zm9vY", 5, out, &n), GR_EINVAL);
+    assert_int_equal(gr_b64url_decode("Zm+v", 4, out, &n), GR_EINVAL);
+    assert_int_equal(gr_b64url_decode("Zm/v", 4, out, &n), GR_EINVAL);
+    assert_int_equal(gr_b64url_decode("Zm v", 4, out, &n), GR_EINVAL);
     gr_arena_release(&a);
 }
 
