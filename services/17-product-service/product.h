@@ -1,9 +1,9 @@
 /*
  * product.h - the product service's own declarations: the route table, the handlers of
  * products.c, variants.c and categories.c, the helpers of product_db.c that they share
- * (validation of the fields several resources have, SQL built from constant fragments, pages
- * of products with their variants and images, derived prices, events) and the JSON text of
- * products and variants (product_json.c).
+ * (validation of the fields several resources have, SQL built from constant fragments,
+ * derived prices, events), the JSON text of products and variants (product_json.c) and the
+ * stored JSON documents of products that reads send as they are (product_doc.c).
  *
  * Every json_t these helpers hand out is owned by the request arena (its json_decref is
  * deferred on req->arena), so callers never release one and pass json_incref(v) to
@@ -53,7 +53,7 @@
 
 /*
  * Column numbers of PRODUCT_COLS needed outside the row converter. The last column is 1 when
- * the product has images (NULL otherwise), so that a page without any runs no image query. It
+ * the product has images (NULL otherwise), so that a product without any runs no image query. It
  * is a scalar subquery with LIMIT 1 rather than EXISTS, which PostgreSQL may run as a hashed
  * scan of the whole image table instead of one index probe per row.
  */
@@ -211,59 +211,31 @@ void product_sql_add(struct product_sql *q, const char *frag, const struct gr_db
 void product_sql_cond(struct product_sql *q, const char *frag, const struct gr_db_val *vals,
                       size_t n);
 
-/* ---- a page of products with their variants and images ----------------------------------- */
+/* ---- one product with its variants and images -------------------------------------------- */
 
-#define PRODUCT_PAGE_MAX 100 /* products of one page (the list's largest limit) */
-
-/* Columns of product_page.images. */
-enum { PIMG_PRODUCT = 0, PIMG_FILE = 1, PIMG_POSITION = 2 };
-
-/* Rows [lo, hi) of a result that belong to one product. */
-struct product_span {
-    size_t lo, hi;
-};
+/* Columns of product_rows.images. */
+enum { PIMG_FILE = 0, PIMG_POSITION = 1 };
 
 /*
- * Products with their variants and images (all arena). The variants of product k are the rows
- * vspan[k] of variants, whose VARIANT_COLS start at column vcol (0 for a page query, after
- * PRODUCT_COLS for the join of product_page_load_one); its images are the rows ispan[k] of
- * images (PIMG_* columns), which is NULL when no product of the page has any.
+ * One product with all its variants and its images, as product_doc_render loads them (arena).
+ * @rows is the join of the product and its variants: PRODUCT_COLS, then VARIANT_COLS from
+ * column PCOL_NCOLS, one row per variant (by created_at, id), or one row whose variant columns
+ * are NULL when it has none (@nvariants 0). @images (PIMG_* columns, by position, created_at,
+ * file_id) is NULL when it has none.
  */
-struct product_page {
-    const struct gr_db_rows *products; /* PRODUCT_COLS; borrowed */
-    size_t n;                          /* the first n rows of products form the page */
-    const struct gr_db_rows *variants; /* by product, created_at, id */
-    size_t vcol;
-    struct gr_db_rows *images; /* by product, position, created_at, file_id */
-    struct product_span *vspan;
-    struct product_span *ispan;
+struct product_rows {
+    const struct gr_db_rows *rows;
+    size_t nvariants;
+    const struct gr_db_rows *images;
 };
-
-/**
- * Loads the variants (all of them with @all_variants, else only non-archived ones) and the
- * images of the first @n (<= PRODUCT_PAGE_MAX) products of @rows (PRODUCT_COLS, borrowed and
- * kept by *@pg) into *@pg: one query for the variants and, when a product of the page has
- * images, one for the images, whatever @n is (none for 0). Errors: gr_db_query's.
- */
-GR_MUST_CHECK int product_page_load(struct gr_req *req, const struct gr_db_rows *rows, size_t n,
-                                    bool all_variants, struct product_page *pg);
-
-/**
- * Loads the product with id @key (or slug, when @by_slug) and its variants (as for
- * product_page_load) with one query, a join, and its images with a second one only when it
- * has any, into *@pg as a page of one. GR_ENOTFOUND when absent, whatever its status:
- * visibility is the caller's rule. Errors: gr_db_query's.
- */
-GR_MUST_CHECK int product_page_load_one(struct gr_req *req, const char *key, bool by_slug,
-                                        bool all_variants, struct product_page *pg);
 
 /* ---- JSON text of responses (product_json.c) --------------------------------------------- */
 
 #define PRODUCT_OUT_MAX ((size_t)256 << 20) /* bytes of one response body */
 
 /*
- * A response body written as JSON text. The buffer is released with the request arena; past
- * PRODUCT_OUT_MAX further writes are dropped and toobig is set.
+ * JSON text being written: a response body or a stored document. The buffer is released with
+ * the arena it was made in; past PRODUCT_OUT_MAX further writes are dropped and toobig is set.
  */
 struct product_out {
     char *p; /* gr_xmalloc, freed by a cleanup on the arena */
@@ -274,8 +246,8 @@ struct product_out {
 /** Appends a string literal (its size is known at compile time). */
 #define PRODUCT_OUT_LIT(o, s) product_out_mem((o), "" s, sizeof(s) - 1)
 
-/** A new empty body of initial capacity @cap (arena struct, buffer freed with the arena). */
-struct product_out *product_out_new(struct gr_req *req, size_t cap);
+/** A new empty text of initial capacity @cap (struct in @a, buffer freed when @a is released). */
+struct product_out *product_out_new(struct gr_arena *a, size_t cap);
 /** Appends @n bytes of @s as they are. */
 void product_out_mem(struct product_out *o, const char *s, size_t n);
 /** Appends @v in decimal. */
@@ -284,15 +256,16 @@ void product_out_int(struct product_out *o, long long v);
 void product_out_str(struct product_out *o, const char *s);
 /** Appends the stored object text @text when it is one JSON object, else "{}". */
 void product_out_obj_text(struct product_out *o, const char *text);
-/** Appends product @k of @pg with its "variants" and "images" as an object. */
-void product_out_product(struct product_out *o, const struct product_page *pg, size_t k);
+/**
+ * Appends product @p with its "variants" and "images" as an object: every variant with
+ * @archived (archived ones flagged), only the non-archived ones otherwise.
+ */
+void product_out_product(struct product_out *o, const struct product_rows *p, bool archived);
 /**
  * Makes @o the body of @resp with @status and Content-Type application/json. GR_ETOOBIG when
  * the body grew beyond PRODUCT_OUT_MAX.
  */
 GR_MUST_CHECK int product_out_send(struct gr_resp *resp, struct product_out *o, int status);
-/** Product @k of @pg with variants and images as JSON (arena), for responses to writers. */
-json_t *product_page_json(struct gr_req *req, const struct product_page *pg, size_t k);
 
 /**
  * Loads the product with id @key (or slug, when @by_slug) into *@rows (one row of PRODUCT_COLS,
@@ -300,12 +273,6 @@ json_t *product_page_json(struct gr_req *req, const struct product_page *pg, siz
  */
 GR_MUST_CHECK int product_fetch(struct gr_req *req, const char *key, bool by_slug,
                                 struct gr_db_rows **rows);
-
-/**
- * Loads product @id with variants and images as JSON (arena) for a response to a writer: all
- * variants, archived ones flagged. GR_ENOTFOUND when absent.
- */
-GR_MUST_CHECK int product_load_full(struct gr_req *req, const char *id, json_t **out);
 
 /**
  * Recomputes products.min_price/max_price (non-archived variants) and currency (any variant)
@@ -325,12 +292,12 @@ GR_MUST_CHECK int product_check_currency(struct gr_req *req, struct gr_resp *res
 /**
  * The event hook. Called inside the write's transaction at every point where SERVICES §17
  * publishes an event (product.created, product.updated, product.deleted,
- * product.price_changed) with the event type and the snapshot that becomes its `data`
- * (borrowed). It is a no-op until gr_bus lands: then it writes the CloudEvent to the outbox
- * in the same transaction, so a rollback publishes nothing. Returns 0 or a GR_E* code that
- * the caller returns (rolling the write back).
+ * product.price_changed) with the event type and the JSON text of the snapshot that becomes
+ * its `data` (borrowed; for products the stored doc_full). It is a no-op until gr_bus lands:
+ * then it writes the CloudEvent to the outbox in the same transaction, so a rollback publishes
+ * nothing. Returns 0 or a GR_E* code that the caller returns (rolling the write back).
  */
-GR_MUST_CHECK int product_event(struct gr_req *req, const char *type, json_t *snapshot);
+GR_MUST_CHECK int product_event(struct gr_req *req, const char *type, const struct gr_str *data);
 
 /** Returns a 409 "version_conflict" problem when @want (if @present) differs from @have. */
 GR_MUST_CHECK int product_check_version(struct gr_req *req, struct gr_resp *resp, bool present,
@@ -353,5 +320,66 @@ GR_MUST_CHECK int product_cursor_make(struct gr_req *req, const char *scope, jso
  */
 GR_MUST_CHECK int product_cursor_read(struct gr_req *req, const char *scope, const char *cursor,
                                       bool int_key, struct gr_db_val *key, struct gr_db_val *id);
+
+/* ---- stored documents (product_doc.c) ---------------------------------------------------- */
+
+/*
+ * Every product row stores the two JSON objects GET returns for it (migration 0003): doc_full
+ * for callers with products:read (all variants, archived ones flagged) and doc_public for
+ * everyone else (non-archived variants only), whatever the product's status (visibility is
+ * the reader's rule). product_doc_render is the one place that renders them, from the rows,
+ * with product_out_product; product_doc_refresh the one place that stores them, called by
+ * every write after its last change to the product, its variants or its images. Reads send a
+ * stored document as it is and render one on the fly only while it is still NULL (rows written
+ * before migration 0003, until product_doc_backfill has run).
+ */
+
+/* Both documents of one product and its status (all arena, NUL-terminated). */
+struct product_docs {
+    const char *status;
+    struct gr_str full;
+    struct gr_str pub;
+};
+
+/**
+ * Renders both documents of the product with id @key (or slug, with @by_slug) from its rows
+ * on @db: one query joining the product and its variants, and one for its images when it has
+ * any. Everything is allocated in @a. GR_ENOTFOUND when absent; GR_ETOOBIG beyond
+ * PRODUCT_OUT_MAX; otherwise gr_db_query's errors.
+ */
+GR_MUST_CHECK int product_doc_render(struct gr_db_conn *db, struct gr_arena *a, const char *key,
+                                     bool by_slug, struct product_docs *out);
+
+/**
+ * Re-renders product @id's documents and stores them, inside the caller's transaction: call it
+ * once per write, after the write's last change (version and updated_at included). *@full is
+ * the new doc_full (arena), the body of a writer's response. Errors: product_doc_render's and
+ * gr_db_exec's.
+ */
+GR_MUST_CHECK int product_doc_refresh(struct gr_req *req, const char *id, struct gr_str *full);
+
+/**
+ * The stored document of the product with id @key (or slug, with @by_slug): doc_full with
+ * @full, else doc_public, into *@doc, and its status into *@status (may be NULL); both arena.
+ * One query; a document that is still NULL is rendered on the fly. GR_ENOTFOUND when absent,
+ * whatever the status.
+ */
+GR_MUST_CHECK int product_doc_get(struct gr_req *req, const char *key, bool by_slug, bool full,
+                                  struct gr_str *doc, const char **status);
+
+/** Makes @doc (arena or static, borrowed until the response is sent) the JSON body of @resp. */
+void product_doc_send(struct gr_resp *resp, int status, const struct gr_str *doc);
+
+#define PRODUCT_DOC_BATCH 500 /* products rendered per transaction by the back-fill */
+
+/**
+ * Renders and stores the documents of every product whose doc_full is NULL, PRODUCT_DOC_BATCH
+ * per transaction on the calling thread's connection to @db, logging "rendered N/M product
+ * documents" after each batch (nothing when there are none). For the service's init hook.
+ * A batch still busy after a few retries (another instance back-filling) ends it with 0: reads
+ * render what is left on the fly. Errors: gr_db_conn's, product_doc_render's and the
+ * transaction's.
+ */
+GR_MUST_CHECK int product_doc_backfill(struct gr_db *db);
 
 #endif

@@ -1,10 +1,9 @@
 /*
  * product_db.c - what the product, variant and category handlers share: reading the fields
  * that several bodies have (slugs, uuids, flat key/value objects, variants), category rows as
- * JSON, statements assembled from constant SQL fragments, loading a page of products with its
- * variants and images in a fixed number of queries (product_json.c writes them out), the
- * derived price range of a product, optimistic versions, and the event hook. Everything a
- * function here allocates belongs to the request arena.
+ * JSON, statements assembled from constant SQL fragments, the derived price range of a
+ * product, optimistic versions, list cursors and the event hook. Everything a function here
+ * allocates belongs to the request arena.
  */
 #include <string.h>
 
@@ -264,156 +263,6 @@ void product_sql_cond(struct product_sql *q, const char *frag, const struct gr_d
     product_sql_add(q, frag, vals, n);
 }
 
-/*
- * The number of ids a page query binds for @n products: one of a few sizes, the last id
- * repeated up to it (IN ignores duplicates), so that at most a handful of distinct texts
- * compete for the statement cache.
- */
-static size_t page_bucket(size_t n)
-{
-    static const size_t sizes[] = { 1, 2, 5, 10, 20, 50, PRODUCT_PAGE_MAX };
-
-    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
-        if (n <= sizes[i])
-            return sizes[i];
-    GR_BUG("page beyond PRODUCT_PAGE_MAX");
-    return PRODUCT_PAGE_MAX;
-}
-
-/* Runs @head, "IN (@ids[0..@n))", @tail, for 1 <= @n <= PRODUCT_PAGE_MAX. */
-static int page_query(struct gr_req *req, const char *const *ids, size_t n, const char *head,
-                      const char *tail, struct gr_db_rows **out)
-{
-    struct product_sql q;
-    size_t m = page_bucket(n);
-
-    product_sql_init(&q, head);
-    for (size_t k = 0; k < m; k++) {
-        struct gr_db_val id = GR_DB_TEXT(ids[k < n ? k : n - 1]);
-        product_sql_add(&q, k == 0 ? "?" : ", ?", &id, 1);
-    }
-    product_sql_add(&q, tail, NULL, 0);
-    return gr_db_query(req->db, req->arena, q.text, q.params, q.nparams, out);
-}
-
-/*
- * Fills @span[k] with the rows of @r (sorted by the product id in column @col first) that
- * belong to product k of @pg. The id is looked up once per run of rows, not once per row.
- */
-static void page_spans(const struct product_page *pg, const struct gr_db_rows *r, size_t col,
-                       struct product_span *span)
-{
-    size_t nr = gr_db_nrows(r);
-
-    for (size_t i = 0, j; i < nr; i = j) {
-        const char *pid = gr_db_text(r, i, col);
-        size_t k = 0;
-
-        for (j = i + 1; j < nr && strcmp(gr_db_text(r, j, col), pid) == 0; j++)
-            ;
-        while (k < pg->n && strcmp(gr_db_text(pg->products, k, PCOL_ID), pid) != 0)
-            k++;
-        if (k < pg->n) {
-            span[k].lo = i;
-            span[k].hi = j;
-        }
-    }
-}
-
-/* Starts @pg as the page of the first @n products of @rows, without variants or images. */
-static void page_init(struct gr_req *req, struct product_page *pg, const struct gr_db_rows *rows,
-                      size_t n)
-{
-    GR_ASSERT(n <= PRODUCT_PAGE_MAX && n <= gr_db_nrows(rows));
-    memset(pg, 0, sizeof(*pg));
-    pg->products = rows;
-    pg->n = n;
-    pg->vspan = gr_arena_calloc(req->arena, (n + 1) * sizeof(*pg->vspan));
-    pg->ispan = gr_arena_calloc(req->arena, (n + 1) * sizeof(*pg->ispan));
-}
-
-/* Loads the images of the products of @pg that have any (PCOL_HAS_IMAGES): one query or none. */
-static int page_images(struct gr_req *req, struct product_page *pg)
-{
-    const char *ids[PRODUCT_PAGE_MAX];
-    size_t n = 0;
-    int rc;
-
-    for (size_t k = 0; k < pg->n; k++)
-        if (gr_db_int(pg->products, k, PCOL_HAS_IMAGES) != 0)
-            ids[n++] = gr_db_text(pg->products, k, PCOL_ID);
-    if (n == 0)
-        return 0;
-    rc = page_query(req, ids, n,
-                    "SELECT i.product_id, i.file_id, i.position FROM product_images i"
-                    " WHERE i.product_id IN (",
-                    ") ORDER BY i.product_id, i.position, i.created_at, i.file_id", &pg->images);
-    if (rc < 0)
-        return rc;
-    page_spans(pg, pg->images, PIMG_PRODUCT, pg->ispan);
-    return 0;
-}
-
-int product_page_load(struct gr_req *req, const struct gr_db_rows *rows, size_t n,
-                      bool all_variants, struct product_page *pg)
-{
-    const char *ids[PRODUCT_PAGE_MAX];
-    struct gr_db_rows *variants = NULL;
-    int rc;
-
-    page_init(req, pg, rows, n);
-    if (n == 0)
-        return 0;
-    for (size_t k = 0; k < n; k++)
-        ids[k] = gr_db_text(rows, k, PCOL_ID);
-    rc = page_query(req, ids, n, "SELECT " VARIANT_COLS " FROM variants v WHERE v.product_id IN (",
-                    all_variants ? ") ORDER BY v.product_id, v.created_at, v.id"
-                                 : ") AND v.archived = 0 ORDER BY v.product_id, v.created_at, v.id",
-                    &variants);
-    if (rc < 0)
-        return rc;
-    pg->variants = variants;
-    page_spans(pg, variants, 1, pg->vspan);
-    return page_images(req, pg);
-}
-
-/* The join of product_page_load_one: by id or slug, all or non-archived variants. */
-#define ONE_SELECT "SELECT " PRODUCT_COLS ", " VARIANT_COLS " FROM products p LEFT JOIN variants v"
-#define ONE_ALL    " ON v.product_id = p.id"
-#define ONE_LIVE   " ON v.product_id = p.id AND v.archived = 0"
-#define ONE_ORDER  " ORDER BY v.created_at, v.id"
-
-int product_page_load_one(struct gr_req *req, const char *key, bool by_slug, bool all_variants,
-                          struct product_page *pg)
-{
-    static const char *const sql[2][2] = {
-        { ONE_SELECT ONE_LIVE " WHERE p.id = $1" ONE_ORDER,
-          ONE_SELECT ONE_ALL " WHERE p.id = $1" ONE_ORDER },
-        { ONE_SELECT ONE_LIVE " WHERE p.slug = $1" ONE_ORDER,
-          ONE_SELECT ONE_ALL " WHERE p.slug = $1" ONE_ORDER },
-    };
-    struct gr_db_rows *rows = NULL;
-    int rc;
-
-    if (!by_slug && !gr_id_valid(key, strlen(key)))
-        return GR_ENOTFOUND;
-    rc = gr_db_query(req->db, req->arena, sql[by_slug][all_variants],
-                     (struct gr_db_val[]){ GR_DB_TEXT(key) }, 1, &rows);
-    if (rc < 0)
-        return rc;
-    if (gr_db_nrows(rows) == 0)
-        return GR_ENOTFOUND;
-    /* One row per variant, the product's columns repeated; one row of NULLs without any. */
-    page_init(req, pg, rows, 1);
-    pg->variants = rows;
-    pg->vcol = PCOL_NCOLS;
-    if (!gr_db_isnull(rows, 0, PCOL_NCOLS + VCOL_ID)) {
-        pg->vspan[0].lo = 0;
-        pg->vspan[0].hi = gr_db_nrows(rows);
-    }
-    return page_images(req, pg);
-}
-
 int product_fetch(struct gr_req *req, const char *key, bool by_slug, struct gr_db_rows **rows)
 {
     int rc;
@@ -431,18 +280,6 @@ int product_fetch(struct gr_req *req, const char *key, bool by_slug, struct gr_d
     if (rc < 0)
         return rc;
     return gr_db_nrows(*rows) == 1 ? 0 : GR_ENOTFOUND;
-}
-
-int product_load_full(struct gr_req *req, const char *id, json_t **out)
-{
-    struct product_page pg;
-    int rc;
-
-    rc = product_page_load_one(req, id, false, true, &pg);
-    if (rc < 0)
-        return rc;
-    *out = product_page_json(req, &pg, 0);
-    return 0;
 }
 
 int product_refresh(struct gr_req *req, const char *id, const char *now)
@@ -482,15 +319,15 @@ int product_check_currency(struct gr_req *req, struct gr_resp *resp, const char 
     return GR_EVALID;
 }
 
-int product_event(struct gr_req *req, const char *type, json_t *snapshot)
+int product_event(struct gr_req *req, const char *type, const struct gr_str *data)
 {
     /*
-     * No-op until gr_bus exists. Then: gr_bus_publish(req, type, subject = snapshot's id,
-     * data = snapshot) into the outbox on req->db, inside the caller's transaction.
+     * No-op until gr_bus exists. Then: gr_bus_publish(req, type, subject = the snapshot's id,
+     * data = the JSON text @data) into the outbox on req->db, inside the caller's transaction.
      */
     (void)req;
     (void)type;
-    (void)snapshot;
+    (void)data;
     return 0;
 }
 

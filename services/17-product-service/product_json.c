@@ -1,10 +1,11 @@
 /*
  * product_json.c - the JSON text of products and variants, written straight from database rows
- * into one growing buffer. The read paths (GET by id, the list) send this text as the response
- * body, so a page of products costs no jansson tree, no second dump and no re-parse of every
- * stored attributes/options object. The write paths get the same text parsed into a json_t
- * (product_row_json, product_variant_json, product_load_full), so this file is the only place
- * that defines the shape of a product in the API.
+ * into one growing buffer. product_doc.c renders the stored documents of a product (doc_full,
+ * doc_public) with product_out_product, and reads send those documents as they are, so a page
+ * of products costs no jansson tree, no second dump and no re-parse of every stored
+ * attributes/options object. The write paths get the text of one row parsed into a json_t
+ * (product_row_json, product_variant_json), so this file is the only place that defines the
+ * shape of a product in the API.
  *
  * Bytes are those jansson's compact dump gave for the same rows: keys in the same order,
  * strings escaped like jansson (\" \\ \b \f \n \r \t, other control characters as \u00XX),
@@ -29,9 +30,9 @@ static void out_free(void *arg)
     o->p = NULL;
 }
 
-struct product_out *product_out_new(struct gr_req *req, size_t cap)
+struct product_out *product_out_new(struct gr_arena *a, size_t cap)
 {
-    struct product_out *o = gr_arena_calloc(req->arena, sizeof(*o));
+    struct product_out *o = gr_arena_calloc(a, sizeof(*o));
 
     if (cap < 256)
         cap = 256;
@@ -39,7 +40,7 @@ struct product_out *product_out_new(struct gr_req *req, size_t cap)
         cap = PRODUCT_OUT_MAX;
     o->p = gr_xmalloc(cap);
     o->cap = cap;
-    gr_arena_defer(req->arena, out_free, o);
+    gr_arena_defer(a, out_free, o);
     return o;
 }
 
@@ -390,25 +391,30 @@ static void out_variant(struct product_out *o, const struct gr_db_rows *rows, si
     put(o, "}", 1);
 }
 
-void product_out_product(struct product_out *o, const struct product_page *pg, size_t k)
+void product_out_product(struct product_out *o, const struct product_rows *p, bool archived)
 {
-    const struct product_span *vs = &pg->vspan[k], *is = &pg->ispan[k];
+    const struct gr_db_rows *r = p->rows;
+    const struct gr_db_rows *img = p->images;
+    bool first = true;
 
-    out_product_open(o, pg->products, k);
+    out_product_open(o, r, 0);
     LIT(o, ",\"variants\":[");
-    for (size_t j = vs->lo; j < vs->hi; j++) {
-        if (j != vs->lo)
+    for (size_t j = 0; j < p->nvariants; j++) {
+        if (!archived && gr_db_int(r, j, PCOL_NCOLS + VCOL_ARCHIVED) != 0)
+            continue;
+        if (!first)
             put(o, ",", 1);
-        out_variant(o, pg->variants, j, pg->vcol);
+        first = false;
+        out_variant(o, r, j, PCOL_NCOLS);
     }
     LIT(o, "],\"images\":[");
-    for (size_t j = is->lo; j < is->hi; j++) {
-        if (j != is->lo)
+    for (size_t j = 0; img != NULL && j < gr_db_nrows(img); j++) {
+        if (j != 0)
             put(o, ",", 1);
         LIT(o, "{\"file_id\":");
-        product_out_str(o, gr_db_text(pg->images, j, PIMG_FILE));
+        product_out_str(o, gr_db_text(img, j, PIMG_FILE));
         LIT(o, ",\"position\":");
-        product_out_int(o, gr_db_int(pg->images, j, PIMG_POSITION));
+        product_out_int(o, gr_db_int(img, j, PIMG_POSITION));
         put(o, "}", 1);
     }
     LIT(o, "]}");
@@ -440,7 +446,7 @@ static json_t *out_parse(struct gr_req *req, const struct product_out *o)
 
 json_t *product_row_json(struct gr_req *req, const struct gr_db_rows *rows, size_t i)
 {
-    struct product_out *o = product_out_new(req, 1024);
+    struct product_out *o = product_out_new(req->arena, 1024);
 
     out_product_open(o, rows, i);
     put(o, "}", 1);
@@ -449,16 +455,8 @@ json_t *product_row_json(struct gr_req *req, const struct gr_db_rows *rows, size
 
 json_t *product_variant_json(struct gr_req *req, const struct gr_db_rows *rows, size_t i)
 {
-    struct product_out *o = product_out_new(req, 512);
+    struct product_out *o = product_out_new(req->arena, 512);
 
     out_variant(o, rows, i, 0);
-    return out_parse(req, o);
-}
-
-json_t *product_page_json(struct gr_req *req, const struct product_page *pg, size_t k)
-{
-    struct product_out *o = product_out_new(req, 2048);
-
-    product_out_product(o, pg, k);
     return out_parse(req, o);
 }

@@ -25,11 +25,17 @@
  * one index range in order and stops after limit + 1 rows; the keyset condition of a cursor
  * narrows that range. An admin list without a status filter uses (created_at, id) for the
  * default order and sorts for the others.
+ *
+ * A row is the product's stored document for the caller (doc_full with products:read, else
+ * doc_public) and the columns that cursors are made of: the page is those documents joined.
  */
-#define LIST_HEAD "SELECT " PRODUCT_COLS " FROM products p"
-#define F_ACTIVE  "p.status = 'active'"
-#define F_STATUS  "p.status = ?"
-#define F_BRAND   "p.brand = ?"
+#define LIST_COLS        "SELECT p.id, p.title, p.created_at, p.min_price, "
+#define LIST_HEAD_PUBLIC LIST_COLS "p.doc_public FROM products p"
+#define LIST_HEAD_FULL   LIST_COLS "p.doc_full FROM products p"
+
+#define F_ACTIVE "p.status = 'active'"
+#define F_STATUS "p.status = ?"
+#define F_BRAND  "p.brand = ?"
 #define F_CATEGORY                                                                                 \
     "p.category_id IN (SELECT d.id FROM categories d, categories a WHERE a.id = ?"                 \
     " AND d.path LIKE (a.path || '%'))"
@@ -41,6 +47,11 @@
 /* Sort keys: products without a price sort last in both price orders. */
 #define KEY_PRICE_ASC  "COALESCE(p.min_price, 100000000)"
 #define KEY_PRICE_DESC "COALESCE(p.min_price, -1)"
+
+#define PRODUCT_LIST_MAX 100 /* products of one page: the largest limit of gr_req_limit */
+
+/* Columns of a list row. */
+enum { LCOL_ID = 0, LCOL_TITLE = 1, LCOL_CREATED = 2, LCOL_MIN_PRICE = 3, LCOL_DOC = 4 };
 
 enum key_kind { KEY_TEXT, KEY_INT };
 
@@ -174,18 +185,18 @@ static const char *list_scope(struct gr_req *req, const struct list_q *lq)
 static int cursor_make(struct gr_req *req, const char *scope, const struct sort_def *sort,
                        const struct gr_db_rows *rows, size_t last, const char **out)
 {
-    const char *id = gr_db_text(rows, last, PCOL_ID);
+    const char *id = gr_db_text(rows, last, LCOL_ID);
     json_t *key;
 
     if (sort->kind == KEY_INT) {
         long long k;
-        if (gr_db_isnull(rows, last, 8))
+        if (gr_db_isnull(rows, last, LCOL_MIN_PRICE))
             k = strcmp(sort->name, "price") == 0 ? 100000000 : -1;
         else
-            k = gr_db_int(rows, last, 8);
+            k = gr_db_int(rows, last, LCOL_MIN_PRICE);
         key = json_integer(k);
     } else {
-        size_t col = strstr(sort->name, "title") != NULL ? 1 : PCOL_CREATED;
+        size_t col = strstr(sort->name, "title") != NULL ? LCOL_TITLE : LCOL_CREATED;
         key = json_string(gr_db_text(rows, last, col));
     }
     return product_cursor_make(req, scope, key, id, out);
@@ -195,7 +206,7 @@ static int cursor_make(struct gr_req *req, const char *scope, const struct sort_
 static void list_sql(const struct list_q *lq, bool can_read, const struct gr_db_val *after,
                      struct product_sql *q)
 {
-    product_sql_init(q, LIST_HEAD);
+    product_sql_init(q, can_read ? LIST_HEAD_FULL : LIST_HEAD_PUBLIC);
     /* Without products:read, list_parse let only status=active through. */
     if (lq->status != NULL)
         product_sql_cond(q, F_STATUS, (struct gr_db_val[]){ GR_DB_TEXT(lq->status) }, 1);
@@ -220,17 +231,36 @@ static void list_sql(const struct list_q *lq, bool can_read, const struct gr_db_
     product_sql_add(q, F_LIMIT, (struct gr_db_val[]){ GR_DB_INT(lq->limit + 1) }, 1);
 }
 
+/* The document of list row @i for the caller; rendered on the fly while it is still NULL. */
+static int list_doc(struct gr_req *req, const struct gr_db_rows *rows, size_t i, bool can_read,
+                    struct gr_str *doc)
+{
+    struct product_docs d;
+    int rc;
+
+    if (!gr_db_isnull(rows, i, LCOL_DOC)) {
+        doc->ptr = gr_db_text(rows, i, LCOL_DOC);
+        doc->len = strlen(doc->ptr);
+        return 0;
+    }
+    rc = product_doc_render(req->db, req->arena, gr_db_text(rows, i, LCOL_ID), false, &d);
+    if (rc < 0)
+        return rc;
+    *doc = can_read ? d.full : d.pub;
+    return 0;
+}
+
 int products_list(struct gr_req *req, struct gr_resp *resp)
 {
     struct list_q lq;
     struct gr_db_val after[2];
     struct product_sql q;
-    struct product_page pg;
     struct gr_db_rows *rows = NULL;
+    struct gr_str docs[PRODUCT_LIST_MAX];
     struct product_out *o;
     const char *scope, *next = NULL;
     bool can_read = product_can_read(req);
-    size_t n;
+    size_t n, size = 0;
     int rc;
 
     list_parse(req, resp, &lq);
@@ -253,16 +283,20 @@ int products_list(struct gr_req *req, struct gr_resp *resp)
         if (rc < 0)
             return rc;
     }
-    rc = product_page_load(req, rows, n, can_read, &pg);
-    if (rc < 0)
-        return rc;
+    GR_ASSERT(n <= PRODUCT_LIST_MAX);
+    for (size_t k = 0; k < n; k++) {
+        rc = list_doc(req, rows, k, can_read, &docs[k]);
+        if (rc < 0)
+            return rc;
+        size += docs[k].len + 1;
+    }
 
-    o = product_out_new(req, 1024 + n * 1024);
+    o = product_out_new(req->arena, size + 256);
     PRODUCT_OUT_LIT(o, "{\"data\":[");
     for (size_t k = 0; k < n; k++) {
         if (k != 0)
             product_out_mem(o, ",", 1);
-        product_out_product(o, &pg, k);
+        product_out_mem(o, docs[k].ptr, docs[k].len);
     }
     if (next != NULL)
         PRODUCT_OUT_LIT(o, "],\"has_more\":true,\"next_cursor\":");
@@ -279,18 +313,17 @@ int products_get(struct gr_req *req, struct gr_resp *resp)
 {
     const char *key = gr_req_param(req, "id");
     bool can_read = product_can_read(req);
-    struct product_page pg;
-    struct product_out *o;
+    const char *status = NULL;
+    struct gr_str doc;
     int rc;
 
-    rc = product_page_load_one(req, key, !gr_id_valid(key, strlen(key)), can_read, &pg);
+    rc = product_doc_get(req, key, !gr_id_valid(key, strlen(key)), can_read, &doc, &status);
     if (rc < 0)
         return rc;
-    if (!can_read && strcmp(gr_db_text(pg.products, 0, PCOL_STATUS), "active") != 0)
+    if (!can_read && strcmp(status, "active") != 0)
         return GR_ENOTFOUND;
-    o = product_out_new(req, 2048);
-    product_out_product(o, &pg, 0);
-    return product_out_send(resp, o, 200);
+    product_doc_send(resp, 200, &doc);
+    return 0;
 }
 
 /* ---- create and patch ---------------------------------------------------------------------- */
@@ -427,8 +460,8 @@ int products_create(struct gr_req *req, struct gr_resp *resp)
     struct product_variant_in vs[PRODUCT_VARIANTS_MAX];
     struct product_in in;
     char id[GR_ID_LEN], vid[GR_ID_LEN], now[GR_TIME_STR_LEN];
+    struct gr_str doc;
     size_t nv;
-    json_t *p = NULL;
     int rc;
 
     (void)gr_json_only(&r, req->json, "", keys);
@@ -470,13 +503,14 @@ int products_create(struct gr_req *req, struct gr_resp *resp)
         if (rc < 0)
             return rc;
     }
-    rc = product_load_full(req, id, &p);
+    rc = product_doc_refresh(req, id, &doc);
     if (rc < 0)
         return rc;
-    rc = product_event(req, "product.created", p);
+    rc = product_event(req, "product.created", &doc);
     if (rc < 0)
         return rc;
-    product_created(req, resp, gr_arena_printf(req->arena, "/api/v1/products/%s", id), p);
+    gr_resp_header(req, resp, "Location", gr_arena_printf(req->arena, "/api/v1/products/%s", id));
+    product_doc_send(resp, 201, &doc);
     return 0;
 }
 
@@ -517,7 +551,8 @@ int products_patch(struct gr_req *req, struct gr_resp *resp)
     char now[GR_TIME_STR_LEN];
     long long version = 0, have;
     bool has_version = false;
-    json_t *before, *doc, *p = NULL;
+    json_t *before, *doc;
+    struct gr_str full;
     long long changes = 0;
     int rc;
 
@@ -540,10 +575,10 @@ int products_patch(struct gr_req *req, struct gr_resp *resp)
     if (rc < 0)
         return rc;
     if (json_equal(before, doc)) {
-        rc = product_load_full(req, id, &p);
+        rc = product_doc_get(req, id, false, true, &full, NULL);
         if (rc < 0)
             return rc;
-        gr_resp_json(resp, 200, json_incref(p));
+        product_doc_send(resp, 200, &full);
         return 0;
     }
     rc = check_category(req, resp, in.category_id);
@@ -568,13 +603,13 @@ int products_patch(struct gr_req *req, struct gr_resp *resp)
     if (changes != 1)
         return gr_resp_problem(req, resp, GR_ECONFLICT, "version_conflict",
                                "the product changed concurrently");
-    rc = product_load_full(req, id, &p);
+    rc = product_doc_refresh(req, id, &full);
     if (rc < 0)
         return rc;
-    rc = product_event(req, "product.updated", p);
+    rc = product_event(req, "product.updated", &full);
     if (rc < 0)
         return rc;
-    gr_resp_json(resp, 200, json_incref(p));
+    product_doc_send(resp, 200, &full);
     return 0;
 }
 
@@ -601,7 +636,7 @@ int products_delete(struct gr_req *req, struct gr_resp *resp)
     struct gr_db_rows *rows = NULL;
     const char *status;
     char now[GR_TIME_STR_LEN];
-    json_t *p = NULL;
+    struct gr_str doc;
     int rc;
 
     rc = product_fetch(req, id, false, &rows);
@@ -609,36 +644,39 @@ int products_delete(struct gr_req *req, struct gr_resp *resp)
         return rc;
     status = gr_db_text(rows, 0, PCOL_STATUS);
     if (strcmp(status, "draft") == 0) {
-        rc = product_load_full(req, id, &p);
+        rc = product_doc_get(req, id, false, true, &doc, NULL);
         if (rc < 0)
             return rc;
         rc = remove_product(req, id);
         if (rc < 0)
             return rc;
-        rc = product_event(req, "product.deleted", p);
+        rc = product_event(req, "product.deleted", &doc);
         if (rc < 0)
             return rc;
         gr_resp_json(resp, 204, NULL);
         return 0;
     }
-    if (strcmp(status, "archived") != 0) {
-        product_now(now);
-        rc = gr_db_exec(req->db,
-                        "UPDATE products SET status = 'archived', version = version + 1,"
-                        " updated_at = $2 WHERE id = $1",
-                        (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
+    if (strcmp(status, "archived") == 0) {
+        rc = product_doc_get(req, id, false, true, &doc, NULL);
         if (rc < 0)
             return rc;
+        product_doc_send(resp, 200, &doc);
+        return 0;
     }
-    rc = product_load_full(req, id, &p);
+    product_now(now);
+    rc = gr_db_exec(req->db,
+                    "UPDATE products SET status = 'archived', version = version + 1,"
+                    " updated_at = $2 WHERE id = $1",
+                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
     if (rc < 0)
         return rc;
-    if (strcmp(status, "archived") != 0) {
-        rc = product_event(req, "product.updated", p);
-        if (rc < 0)
-            return rc;
-    }
-    gr_resp_json(resp, 200, json_incref(p));
+    rc = product_doc_refresh(req, id, &doc);
+    if (rc < 0)
+        return rc;
+    rc = product_event(req, "product.updated", &doc);
+    if (rc < 0)
+        return rc;
+    product_doc_send(resp, 200, &doc);
     return 0;
 }
 
@@ -654,7 +692,8 @@ int products_image_add(struct gr_req *req, struct gr_resp *resp)
     long long pos = 0;
     bool has_pos = false;
     char now[GR_TIME_STR_LEN];
-    json_t *img, *p = NULL;
+    struct gr_str doc;
+    json_t *img;
     int rc;
 
     rc = product_fetch(req, id, false, &rows);
@@ -701,10 +740,10 @@ int products_image_add(struct gr_req *req, struct gr_resp *resp)
                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
     if (rc < 0)
         return rc;
-    rc = product_load_full(req, id, &p);
+    rc = product_doc_refresh(req, id, &doc);
     if (rc < 0)
         return rc;
-    rc = product_event(req, "product.updated", p);
+    rc = product_event(req, "product.updated", &doc);
     if (rc < 0)
         return rc;
     img = product_own(req, json_pack("{s:s,s:s,s:I,s:s}", "product_id", id, "file_id", file_id,
@@ -721,7 +760,7 @@ int products_image_delete(struct gr_req *req, struct gr_resp *resp)
     struct gr_db_rows *rows = NULL;
     char now[GR_TIME_STR_LEN];
     long long changes = 0;
-    json_t *p = NULL;
+    struct gr_str doc;
     int rc;
 
     rc = product_fetch(req, id, false, &rows);
@@ -738,10 +777,10 @@ int products_image_delete(struct gr_req *req, struct gr_resp *resp)
                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
     if (rc < 0)
         return rc;
-    rc = product_load_full(req, id, &p);
+    rc = product_doc_refresh(req, id, &doc);
     if (rc < 0)
         return rc;
-    rc = product_event(req, "product.updated", p);
+    rc = product_event(req, "product.updated", &doc);
     if (rc < 0)
         return rc;
     gr_resp_json(resp, 204, NULL);

@@ -1,11 +1,24 @@
 /*
  * service.c - product-service (SERVICES §17): the catalogue of products, their variants (SKU
  * and price), categories and images, on :8007 under /api/v1/products and /api/v1/categories.
- * Everything shared (config, DB and migrations, JWT, HTTP, platform routes) is gr_main's.
+ * Everything shared (config, DB and migrations, JWT, HTTP, platform routes) is gr_main's; the
+ * init hook back-fills the products' stored documents (product_doc.c).
  */
 #include "gr/service.h"
 #include "gr/db.h"
 #include "product.h"
+
+/*
+ * Renders the stored documents of products written before migration 0003 (product_doc.c);
+ * nothing to do on a database whose documents are all there. No service state.
+ */
+static int init_docs(struct gr_ctx *ctx, void **app)
+{
+    *app = NULL;
+    if (ctx->db == NULL)
+        return 0;
+    return product_doc_backfill(ctx->db);
+}
 
 static const struct gr_service product_service = {
     .name = "product-service",
@@ -19,6 +32,7 @@ static const struct gr_service product_service = {
     /* The catalogue is not a money, stock or order table (ARCHITECTURE §6): WAL with
      * synchronous=NORMAL survives a crash of the process; orders keep their own prices. */
     .sqlite_sync_full = false,
+    .init = init_docs,
 };
 
 int main(int argc, char **argv)

@@ -124,19 +124,22 @@ static int check_room(struct gr_req *req, struct gr_resp *resp, const char *pid)
                            PRODUCT_VARIANTS_MAX);
 }
 
-/* Recomputes the product's prices and publishes product.updated with its new snapshot. */
+/*
+ * After a variant write: recomputes the product's prices (and updated_at), re-renders its
+ * stored documents and publishes product.updated with the new doc_full.
+ */
 static int product_changed(struct gr_req *req, const char *pid, const char *now)
 {
-    json_t *p = NULL;
+    struct gr_str doc;
     int rc;
 
     rc = product_refresh(req, pid, now);
     if (rc < 0)
         return rc;
-    rc = product_load_full(req, pid, &p);
+    rc = product_doc_refresh(req, pid, &doc);
     if (rc < 0)
         return rc;
-    return product_event(req, "product.updated", p);
+    return product_event(req, "product.updated", &doc);
 }
 
 int variants_create(struct gr_req *req, struct gr_resp *resp)
@@ -199,6 +202,7 @@ static int price_event(struct gr_req *req, const struct gr_db_rows *old, json_t 
     const char *cur = json_string_value(json_object_get(price, "currency"));
     long long amount = json_integer_value(json_object_get(price, "amount"));
     json_t *snap;
+    struct gr_str data;
 
     if (amount == gr_db_int(old, 0, VCOL_AMOUNT) &&
         strcmp(cur, gr_db_text(old, 0, VCOL_CURRENCY)) == 0)
@@ -207,7 +211,9 @@ static int price_event(struct gr_req *req, const struct gr_db_rows *old, json_t 
     json_object_set_new(snap, "old_price",
                         json_pack("{s:I,s:s}", "amount", (json_int_t)gr_db_int(old, 0, VCOL_AMOUNT),
                                   "currency", gr_db_text(old, 0, VCOL_CURRENCY)));
-    return product_event(req, "product.price_changed", snap);
+    if (gr_json_dump(req->arena, snap, &data) < 0)
+        return GR_EINTERNAL;
+    return product_event(req, "product.price_changed", &data);
 }
 
 int variants_patch(struct gr_req *req, struct gr_resp *resp)
