@@ -512,7 +512,7 @@ int gr_req_begin(struct gr_req *req)
     return 0;
 }
 
-#define BUSY_ATTEMPTS 4
+#define BUSY_ATTEMPTS 8 /* with exponential backoff: at most ~130 ms of pauses in all */
 
 static void reset_response(struct gr_resp *resp)
 {
@@ -583,12 +583,12 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
             (void)gr_db_rollback(req->db);
         reset_response(&st->resp);
         {
-            char id[GR_ID_LEN];
-            unsigned jitter;
+            /* Half of an exponentially growing window, plus a jitter from the clock's low
+             * bits, so retrying writers spread out instead of colliding again. */
+            unsigned window = 1000u << (attempt < 7 ? attempt : 7); /* microseconds */
+            unsigned jitter = (unsigned)((uint64_t)gr_time_mono_ns() / 1000 % (window / 2));
 
-            gr_id_new(id);
-            jitter = (unsigned)(id[35] & 0x0f);
-            usleep((useconds_t)(attempt * 2000 + jitter * 250));
+            usleep((useconds_t)(window / 2 + jitter));
         }
     }
     return rc;
