@@ -609,6 +609,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         st = gr_xcalloc(1, sizeof(*st));
         *con_cls = st;
         atomic_fetch_add(&srv->inflight, 1);
+        atomic_fetch_add(&srv->started, 1);
         st->start_ns = gr_time_mono_ns();
         gr_arena_init(&st->arena);
         st->req.arena = &st->arena;
@@ -790,32 +791,53 @@ int gr_http__start(struct gr_server *srv)
     return 0;
 }
 
+/* Milliseconds on the real-time clock, as pthread_cond_timedwait wants. */
+static struct timespec abs_after_ms(int ms)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
+/*
+ * Graceful drain. /ready answers 503 from now on, so registries and balancers stop sending;
+ * every response carries "Connection: close". We wait until no request is in flight and none
+ * has started for a quiet period (or the deadline passes), then stop the daemon.
+ * MHD_quiesce_daemon() is not used: with an epoll thread pool it races the workers removing
+ * the listen socket themselves and aborts ("Failed to remove listen FD from epoll set").
+ */
 void gr_http__drain(struct gr_server *srv, int timeout_ms)
 {
-    struct timespec deadline;
+    const int quiet_ms = 50;
+    int64_t deadline_ms = gr_time_mono_ms() + timeout_ms;
 
     if (!srv->daemon)
         return;
     atomic_store(&srv->draining, true);
     atomic_store(&srv->ready, false);
-    {
-        MHD_socket fd = MHD_quiesce_daemon(srv->daemon);
-        if (fd != MHD_INVALID_SOCKET)
-            close(fd);
-    }
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&srv->idle_mu);
-    while (atomic_load(&srv->inflight) > 0) {
-        if (pthread_cond_timedwait(&srv->idle_cv, &srv->idle_mu, &deadline) != 0)
+    for (;;) {
+        unsigned seen;
+        struct timespec until = abs_after_ms((int)(deadline_ms - gr_time_mono_ms()));
+
+        pthread_mutex_lock(&srv->idle_mu);
+        while (atomic_load(&srv->inflight) > 0 &&
+               pthread_cond_timedwait(&srv->idle_cv, &srv->idle_mu, &until) == 0)
+            ;
+        pthread_mutex_unlock(&srv->idle_mu);
+        if (gr_time_mono_ms() >= deadline_ms)
+            break;
+        seen = atomic_load(&srv->started);
+        usleep(quiet_ms * 1000);
+        if (atomic_load(&srv->inflight) == 0 && atomic_load(&srv->started) == seen)
             break;
     }
-    pthread_mutex_unlock(&srv->idle_mu);
     if (atomic_load(&srv->inflight) > 0)
         gr_log_warn("drain deadline passed with requests in flight");
     MHD_stop_daemon(srv->daemon);

@@ -20,6 +20,7 @@ struct gr_server {
     struct MHD_Daemon *daemon;
     int port; /* bound port */
     atomic_int inflight;
+    atomic_uint started; /* requests begun, for the quiet period of a drain */
     atomic_bool draining;
     atomic_bool ready;
     pthread_mutex_t idle_mu;
