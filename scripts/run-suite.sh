@@ -36,6 +36,7 @@ done
 
 run "start-up configuration errors" tests/startup/test-config.sh "$B"
 run "openapi documents every route" "$PY" tests/startup/test-openapi.py "$B"
+run "metrics are valid Prometheus text" "$PY" tests/startup/test-metrics.py "$B"
 
 if [ -x tests/gravity/test-up.sh ]; then
     run "gravity up" tests/gravity/test-up.sh "$B"
