@@ -1,7 +1,7 @@
 /*
  * product_doc.c - the stored JSON documents of products (migration 0003). Each product row
  * keeps doc_full, the object GET returns to callers with products:read (all variants, archived
- * ones flagged), and doc_public, the object everyone else gets (non-archived variants only).
+ * ones flagged), and doc_public, the object everyone else sees (non-archived variants only).
  * product_doc_render is the one place that renders them (from the join of the product and its
  * variants, and its images, with product_json.c's writer); doc_store the one place that stores
  * them, through product_doc_refresh inside every write's transaction and through the start-up

@@ -22,12 +22,6 @@ const char *gr_auth__alg_name(int alg);
 int gr_auth__pkey_alg(const EVP_PKEY *pk);
 
 /**
- * Decodes strict unpadded base64url (@n chars of [A-Za-z0-9_-], no '=', canonical trailing
- * bits) into @out, which must hold @n * 3 / 4 bytes; *@outlen gets the length.
- * Errors: GR_EINVAL.
- */
-
-/**
  * Verifies @sig (@siglen bytes; ES256 as JOSE r||s of exactly 64 bytes, RS256 exactly the
  * modulus size) over @msg with SHA-256. Returns 0 when valid, GR_EUNAUTH otherwise.
  */

@@ -30,8 +30,8 @@
 /*
  * libmicrohttpd keeps the request line and headers in a per-connection pool (mmap'd, so
  * untouched pages cost nothing). The pool is larger than the header limit we enforce, so an
- * oversized header still reaches begin() and gets a problem+json 431; only beyond the pool
- * does libmicrohttpd answer 431 by itself.
+ * oversized header still reaches begin() and is answered with a problem+json 431; only beyond the
+ * pool does libmicrohttpd answer 431 by itself.
  */
 #define POOL_LIMIT   (32 * 1024)
 #define HEADER_LIMIT (24 * 1024)

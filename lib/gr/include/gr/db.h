@@ -3,7 +3,7 @@
  *
  * SQL is written once with bound parameters `$1…$n` for both engines (R22): never build SQL by
  * concatenating strings. A struct gr_db is the shared, thread-safe handle of one database; each
- * thread gets its own struct gr_db_conn from gr_db_conn() (created on first use, kept in a
+ * thread has its own struct gr_db_conn from gr_db_conn() (created on first use, kept in a
  * thread-local cache, closed by gr_db_close). Results are fully materialised into the caller's
  * arena, so nothing is released by hand. Process-wide state: an atomic counter numbering
  * handles, and per-thread caches of (handle, connection) pairs; both are thread-safe.

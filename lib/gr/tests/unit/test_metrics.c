@@ -198,7 +198,7 @@ struct worker {
 static void *worker_run(void *arg)
 {
     struct worker *w = arg;
-    /* Each thread also gets-or-creates the series itself: it must be the same one. */
+    /* Each thread also looks up (or creates) the series itself: it must be the same one. */
     struct gr_counter *mine =
         gr_metrics_counter(w->m, "hits_total", "Hits.", (const char *[]){ "route", "/x", NULL });
     struct gr_gauge *g = gr_metrics_gauge(w->m, "level", "Level.", NULL);
