@@ -30,7 +30,7 @@ static const char usage_text[] =
     "\n"
     "environment:\n"
     "  GRAVITY_BIN_DIR      where the NN-name service binaries are (default: gravity's dir)\n"
-    "  GRAVITY_DATA         data root; each service gets DATA_DIR=<root>/<id> (default ./data)\n"
+    "  GRAVITY_DATA         data root; each service has DATA_DIR=<root>/<id> (default ./data)\n"
     "  GRAVITY_PORT_OFFSET  added to every service's port (default 0)\n"
     "  GRAVITY_READY_TIMEOUT  seconds up waits for each /ready before the table (30)\n"
     "  LOG_LEVEL, LOG_FORMAT  gravity's own messages (info, text by default)\n";

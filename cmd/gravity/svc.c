@@ -1,7 +1,7 @@
 /*
  * svc.c - the service binaries: finding them (`NN-name`, executable, in the bin directory),
  * asking each for its identity with `--describe` (one JSON line: name, id, version, port),
- * matching a user's SERVICE argument against them, and preparing what a service process gets
+ * matching a user's SERVICE argument against them, and preparing what a service process is given
  * (its environment, data directory and log file).
  */
 #include <ctype.h>
