@@ -437,34 +437,12 @@ out:
 
 static int read_file(const char *path, struct gr_buf *out, const char **why)
 {
-    char chunk[8192];
-    struct stat st;
-    ssize_t n;
-    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = GR_EIO;
+    int rc = gr_buf_read_file(out, path);
 
-    *why = "cannot open file";
-    if (fd < 0)
-        goto out;
-    *why = "not a regular file";
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        goto out;
-    for (;;) {
-        n = read(fd, chunk, sizeof(chunk));
-        *why = "read error";
-        if (n < 0)
-            goto out;
-        if (n == 0)
-            break;
+    if (rc == GR_ETOOBIG)
         *why = "file too large";
-        rc = gr_buf_append(out, chunk, (size_t)n);
-        if (rc < 0)
-            goto out;
-        rc = GR_EIO;
-    }
-    rc = 0;
-out:
-    if (fd >= 0)
-        close(fd);
+    else if (rc < 0)
+        *why = "cannot read file (missing, not a regular file, or a read error)";
     return rc;
 }
 

@@ -1,8 +1,11 @@
 /*
  * buf.c - growable bounded byte buffers (git strbuf, curl dynbuf with its `toobig` limit).
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "gr/arena.h"
 #include "gr/buf.h"
@@ -213,5 +216,34 @@ int gr_b64url_encode(struct gr_buf *b, const void *data, size_t n)
         quad[2] = b64url_chars[(v >> 6) & 63];
         rc = gr_buf_append(b, quad, 3);
     }
+    return rc;
+}
+
+int gr_buf_read_file(struct gr_buf *b, const char *path)
+{
+    char chunk[8192];
+    struct stat st;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = GR_EIO;
+
+    if (fd < 0)
+        return GR_EIO;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        goto out;
+    for (;;) {
+        n = read(fd, chunk, sizeof(chunk));
+        if (n < 0) {
+            rc = GR_EIO;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        rc = gr_buf_append(b, chunk, (size_t)n);
+        if (rc < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    close(fd);
     return rc;
 }

@@ -46,28 +46,8 @@ static void usage(void)
 
 static int read_all(const char *path, struct gr_buf *out)
 {
-    char chunk[8192];
-    ssize_t n;
-    int fd = open(path, O_RDONLY | O_CLOEXEC), rc = GR_EIO;
-
-    if (fd < 0)
-        return GR_EIO;
     gr_buf_init(out, FILE_MAX);
-    for (;;) {
-        n = read(fd, chunk, sizeof(chunk));
-        if (n < 0)
-            goto out;
-        if (n == 0)
-            break;
-        rc = gr_buf_append(out, chunk, (size_t)n);
-        if (rc < 0)
-            goto out;
-        rc = GR_EIO;
-    }
-    rc = 0;
-out:
-    close(fd);
-    return rc;
+    return gr_buf_read_file(out, path);
 }
 
 /* Writes @p atomically (temporary file and rename) with file mode @mode. */

@@ -74,6 +74,12 @@ int gr_b64url_encode(struct gr_buf *b, const void *p, size_t n);
  * (n % 4 == 1) or non-zero unused low bits, so every byte string has exactly one text form.
  */
 GR_MUST_CHECK int gr_b64url_decode(const char *in, size_t n, unsigned char *out, size_t *outlen);
+/**
+ * Appends the contents of the regular file @path. GR_EIO when it cannot be opened, is not a
+ * regular file or a read fails; GR_ETOOBIG past the buffer's limit (the file is not read
+ * further). On error @b may hold a prefix of the file.
+ */
+int gr_buf_read_file(struct gr_buf *b, const char *path);
 /** Hands the contents to the caller (caller frees with gr_free) and re-inits @b. */
 char *gr_buf_detach(struct gr_buf *b, size_t *len);
 /** A borrowed view of the current contents (empty string when nothing was appended). */
