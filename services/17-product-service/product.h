@@ -359,6 +359,14 @@ GR_MUST_CHECK int product_doc_render(struct gr_db_conn *db, struct gr_arena *a, 
 GR_MUST_CHECK int product_doc_refresh(struct gr_req *req, const char *id, struct gr_str *full);
 
 /**
+ * The end of every write to product @id: product_doc_refresh, then the event @type
+ * ("product.created", "product.updated") with the new doc_full as data, in the same
+ * transaction. *@full as for product_doc_refresh. Errors: theirs.
+ */
+GR_MUST_CHECK int product_doc_publish(struct gr_req *req, const char *id, const char *type,
+                                      struct gr_str *full);
+
+/**
  * The stored document of the product with id @key (or slug, with @by_slug): doc_full with
  * @full, else doc_public, into *@doc, and its status into *@status (may be NULL); both arena.
  * One query; a document that is still NULL is rendered on the fly. GR_ENOTFOUND when absent,

@@ -239,3 +239,12 @@ out:
     gr_arena_release(&a);
     return rc;
 }
+
+int product_doc_publish(struct gr_req *req, const char *id, const char *type, struct gr_str *full)
+{
+    int rc = product_doc_refresh(req, id, full);
+
+    if (rc < 0)
+        return rc;
+    return product_event(req, type, full);
+}

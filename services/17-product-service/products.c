@@ -503,10 +503,7 @@ int products_create(struct gr_req *req, struct gr_resp *resp)
         if (rc < 0)
             return rc;
     }
-    rc = product_doc_refresh(req, id, &doc);
-    if (rc < 0)
-        return rc;
-    rc = product_event(req, "product.created", &doc);
+    rc = product_doc_publish(req, id, "product.created", &doc);
     if (rc < 0)
         return rc;
     gr_resp_header(req, resp, "Location", gr_arena_printf(req->arena, "/api/v1/products/%s", id));
@@ -603,10 +600,7 @@ int products_patch(struct gr_req *req, struct gr_resp *resp)
     if (changes != 1)
         return gr_resp_problem(req, resp, GR_ECONFLICT, "version_conflict",
                                "the product changed concurrently");
-    rc = product_doc_refresh(req, id, &full);
-    if (rc < 0)
-        return rc;
-    rc = product_event(req, "product.updated", &full);
+    rc = product_doc_publish(req, id, "product.updated", &full);
     if (rc < 0)
         return rc;
     product_doc_send(resp, 200, &full);
@@ -670,10 +664,7 @@ int products_delete(struct gr_req *req, struct gr_resp *resp)
                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
     if (rc < 0)
         return rc;
-    rc = product_doc_refresh(req, id, &doc);
-    if (rc < 0)
-        return rc;
-    rc = product_event(req, "product.updated", &doc);
+    rc = product_doc_publish(req, id, "product.updated", &doc);
     if (rc < 0)
         return rc;
     product_doc_send(resp, 200, &doc);
@@ -740,10 +731,7 @@ int products_image_add(struct gr_req *req, struct gr_resp *resp)
                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
     if (rc < 0)
         return rc;
-    rc = product_doc_refresh(req, id, &doc);
-    if (rc < 0)
-        return rc;
-    rc = product_event(req, "product.updated", &doc);
+    rc = product_doc_publish(req, id, "product.updated", &doc);
     if (rc < 0)
         return rc;
     img = product_own(req, json_pack("{s:s,s:s,s:I,s:s}", "product_id", id, "file_id", file_id,
@@ -777,10 +765,7 @@ int products_image_delete(struct gr_req *req, struct gr_resp *resp)
                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(now) }, 2, NULL);
     if (rc < 0)
         return rc;
-    rc = product_doc_refresh(req, id, &doc);
-    if (rc < 0)
-        return rc;
-    rc = product_event(req, "product.updated", &doc);
+    rc = product_doc_publish(req, id, "product.updated", &doc);
     if (rc < 0)
         return rc;
     gr_resp_json(resp, 204, NULL);

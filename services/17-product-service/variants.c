@@ -136,10 +136,7 @@ static int product_changed(struct gr_req *req, const char *pid, const char *now)
     rc = product_refresh(req, pid, now);
     if (rc < 0)
         return rc;
-    rc = product_doc_refresh(req, pid, &doc);
-    if (rc < 0)
-        return rc;
-    return product_event(req, "product.updated", &doc);
+    return product_doc_publish(req, pid, "product.updated", &doc);
 }
 
 int variants_create(struct gr_req *req, struct gr_resp *resp)
