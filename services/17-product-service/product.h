@@ -161,13 +161,13 @@ void product_read_variant(const struct gr_json_rd *r, json_t *obj, const char *p
                           bool allow_archived, struct product_variant_in *out);
 
 /**
- * Inserts variant @v of product @product_id with a new id written to @id, times @now.
+ * Inserts variant @v of product @product_id with the new id @id (gr_id_new), times @now.
  * A concurrent duplicate SKU gives a 409 "sku_taken" problem with an error at @field; other
  * errors are gr_db_exec's.
  */
 GR_MUST_CHECK int product_variant_insert(struct gr_req *req, struct gr_resp *resp,
                                          const char *product_id, const struct product_variant_in *v,
-                                         const char *now, const char *field, char id[GR_ID_LEN]);
+                                         const char *now, const char *field, const char *id);
 
 /** Product row @i of @rows (PRODUCT_COLS) as JSON without variants and images (arena). */
 json_t *product_row_json(struct gr_req *req, const struct gr_db_rows *rows, size_t i);
@@ -349,6 +349,14 @@ struct product_docs {
  */
 GR_MUST_CHECK int product_doc_render(struct gr_db_conn *db, struct gr_arena *a, const char *key,
                                      bool by_slug, struct product_docs *out);
+
+/**
+ * Renders both documents of the product @p (rows as product_doc_render loads them, or built
+ * in memory for a product about to be inserted) into @out (arena @a). GR_ETOOBIG beyond
+ * PRODUCT_OUT_MAX.
+ */
+GR_MUST_CHECK int product_doc_render_rows(struct gr_arena *a, const struct product_rows *p,
+                                          struct product_docs *out);
 
 /**
  * Re-renders product @id's documents and stores them, inside the caller's transaction: call it

@@ -348,11 +348,10 @@ void product_created(struct gr_req *req, struct gr_resp *resp, const char *path,
 
 int product_variant_insert(struct gr_req *req, struct gr_resp *resp, const char *product_id,
                            const struct product_variant_in *v, const char *now, const char *field,
-                           char id[GR_ID_LEN])
+                           const char *id)
 {
     int rc;
 
-    gr_id_new(id);
     rc =
         gr_db_exec(req->db,
                    "INSERT INTO variants (id, product_id, sku, price_amount, price_currency,"

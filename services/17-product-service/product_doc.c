@@ -69,26 +69,35 @@ static int out_text(struct gr_arena *a, const struct product_out *o, struct gr_s
     return 0;
 }
 
+int product_doc_render_rows(struct gr_arena *a, const struct product_rows *p,
+                            struct product_docs *out)
+{
+    struct product_out *full, *pub;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    full = product_out_new(a, 2048);
+    product_out_product(full, p, true);
+    pub = product_out_new(a, 2048);
+    product_out_product(pub, p, false);
+    out->status = gr_db_text(p->rows, 0, PCOL_STATUS);
+    rc = out_text(a, full, &out->full);
+    if (rc < 0)
+        return rc;
+    return out_text(a, pub, &out->pub);
+}
+
 int product_doc_render(struct gr_db_conn *db, struct gr_arena *a, const char *key, bool by_slug,
                        struct product_docs *out)
 {
     struct product_rows p;
-    struct product_out *full, *pub;
     int rc;
 
     memset(out, 0, sizeof(*out));
     rc = load(db, a, key, by_slug, &p);
     if (rc < 0)
         return rc;
-    full = product_out_new(a, 2048);
-    product_out_product(full, &p, true);
-    pub = product_out_new(a, 2048);
-    product_out_product(pub, &p, false);
-    out->status = gr_db_text(p.rows, 0, PCOL_STATUS);
-    rc = out_text(a, full, &out->full);
-    if (rc < 0)
-        return rc;
-    return out_text(a, pub, &out->pub);
+    return product_doc_render_rows(a, &p, out);
 }
 
 /* Stores the documents @d of product @id. */

@@ -451,6 +451,63 @@ static long long price_max(const struct product_variant_in *vs, size_t n)
     return m;
 }
 
+/*
+ * The rows product_doc_render would load for the new product @id: PRODUCT_COLS then
+ * VARIANT_COLS per variant, exactly the text the INSERTs below store, so the documents are
+ * rendered before the transaction takes the write lock and go into the INSERT itself.
+ */
+static struct product_rows new_rows(struct gr_req *req, const char *id, const struct product_in *in,
+                                    const struct product_variant_in *vs, size_t nv,
+                                    char (*vids)[GR_ID_LEN], const char *now)
+{
+    struct gr_arena *a = req->arena;
+    struct gr_db_rows *r = gr_db_rows_new(a, nv > 0 ? nv : 1, PCOL_NCOLS + VCOL_NCOLS);
+    const char *min = nv > 0 ? gr_arena_printf(a, "%lld", price_min(vs, nv)) : NULL;
+    const char *max = nv > 0 ? gr_arena_printf(a, "%lld", price_max(vs, nv)) : NULL;
+
+    for (size_t i = 0; i < (nv > 0 ? nv : 1); i++) {
+        const char *p[PCOL_NCOLS] = { id,
+                                      in->title,
+                                      in->slug,
+                                      in->description,
+                                      in->brand,
+                                      in->status,
+                                      in->category_id,
+                                      in->attributes,
+                                      min,
+                                      max,
+                                      nv > 0 ? vs[0].price.currency : NULL,
+                                      "1",
+                                      now,
+                                      now,
+                                      NULL };
+
+        for (size_t c = 0; c < PCOL_NCOLS; c++)
+            gr_db_rows_set(r, i, c, p[c]);
+        if (nv == 0)
+            break;
+        {
+            const struct product_variant_in *v = &vs[i];
+            const char *vc[VCOL_NCOLS] = {
+                vids[i],
+                id,
+                v->sku,
+                gr_arena_printf(a, "%lld", v->price.amount),
+                v->price.currency,
+                v->has_weight ? gr_arena_printf(a, "%lld", v->weight_g) : NULL,
+                v->options,
+                "0",
+                "1",
+                now,
+                now,
+            };
+            for (size_t c = 0; c < VCOL_NCOLS; c++)
+                gr_db_rows_set(r, i, PCOL_NCOLS + c, vc[c]);
+        }
+    }
+    return (struct product_rows){ .rows = r, .nvariants = nv, .images = NULL };
+}
+
 int products_create(struct gr_req *req, struct gr_resp *resp)
 {
     static const char *const keys[] = { "title",      "slug",     "description",
@@ -458,9 +515,11 @@ int products_create(struct gr_req *req, struct gr_resp *resp)
                                         "attributes", "variants", NULL };
     struct gr_json_rd r = product_rd(req, resp);
     struct product_variant_in vs[PRODUCT_VARIANTS_MAX];
+    char vids[PRODUCT_VARIANTS_MAX][GR_ID_LEN];
     struct product_in in;
-    char id[GR_ID_LEN], vid[GR_ID_LEN], now[GR_TIME_STR_LEN];
-    struct gr_str doc;
+    struct product_docs docs;
+    struct product_rows rows;
+    char id[GR_ID_LEN], now[GR_TIME_STR_LEN];
     size_t nv;
     int rc;
 
@@ -474,40 +533,47 @@ int products_create(struct gr_req *req, struct gr_resp *resp)
         return rc;
 
     gr_id_new(id);
+    for (size_t i = 0; i < nv; i++)
+        gr_id_new(vids[i]);
     product_now(now);
+    rows = new_rows(req, id, &in, vs, nv, vids, now);
+    rc = product_doc_render_rows(req->arena, &rows, &docs);
+    if (rc < 0)
+        return rc;
     /*
      * The derived price range goes into the INSERT itself: every new variant counts (none is
      * archived) and read_variants checked that they share one currency, so this is what
-     * product_refresh would compute, one UPDATE fewer per create.
+     * product_refresh would compute. The documents too: nothing is read back.
      */
     rc = gr_db_exec(req->db,
                     "INSERT INTO products (id, title, slug, description, brand, status,"
                     " category_id, attributes, min_price, max_price, currency, version,"
-                    " created_at, updated_at)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)",
+                    " created_at, updated_at, doc_public, doc_full)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12, $13, $14)",
                     (struct gr_db_val[]){
                         GR_DB_TEXT(id), GR_DB_TEXT(in.title), GR_DB_TEXT(in.slug),
                         GR_DB_TEXT(in.description), GR_DB_TEXT(in.brand), GR_DB_TEXT(in.status),
                         GR_DB_TEXT(in.category_id), GR_DB_TEXT(in.attributes),
                         nv > 0 ? GR_DB_INT(price_min(vs, nv)) : GR_DB_NULL,
                         nv > 0 ? GR_DB_INT(price_max(vs, nv)) : GR_DB_NULL,
-                        GR_DB_TEXT(nv > 0 ? vs[0].price.currency : NULL), GR_DB_TEXT(now) },
-                    12, NULL);
+                        GR_DB_TEXT(nv > 0 ? vs[0].price.currency : NULL), GR_DB_TEXT(now),
+                        GR_DB_TEXT(docs.pub.ptr), GR_DB_TEXT(docs.full.ptr) },
+                    14, NULL);
     if (rc == GR_ECONFLICT)
         return slug_taken(req, resp, in.slug);
     if (rc < 0)
         return rc;
     for (size_t i = 0; i < nv; i++) {
         rc = product_variant_insert(req, resp, id, &vs[i], now,
-                                    gr_arena_printf(req->arena, "/variants/%zu/sku", i), vid);
+                                    gr_arena_printf(req->arena, "/variants/%zu/sku", i), vids[i]);
         if (rc < 0)
             return rc;
     }
-    rc = product_doc_publish(req, id, "product.created", &doc);
+    rc = product_event(req, "product.created", &docs.full);
     if (rc < 0)
         return rc;
     gr_resp_header(req, resp, "Location", gr_arena_printf(req->arena, "/api/v1/products/%s", id));
-    product_doc_send(resp, 201, &doc);
+    product_doc_send(resp, 201, &docs.full);
     return 0;
 }
 

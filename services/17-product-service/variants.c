@@ -162,6 +162,7 @@ int variants_create(struct gr_req *req, struct gr_resp *resp)
     if (rc < 0)
         return rc;
     product_now(now);
+    gr_id_new(vid);
     rc = product_variant_insert(req, resp, pid, &in, now, "/sku", vid);
     if (rc < 0)
         return rc;

@@ -201,7 +201,14 @@ int gr_db_open(const char *url, const struct gr_db_opts *opts, struct gr_db **ou
     pthread_mutex_init(&db->mu, NULL);
     pthread_mutex_init(&db->write_mu, NULL);
     pthread_mutex_init(&db->commit_mu, NULL);
-    pthread_cond_init(&db->commit_cv, NULL);
+    {
+        pthread_condattr_t ca;
+
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&db->commit_cv, &ca);
+        pthread_condattr_destroy(&ca);
+    }
     db->batch = 1;
     *out = db;
     return 0;
@@ -363,6 +370,8 @@ static void copy_err(struct gr_db_conn *dst, const struct gr_db_conn *src)
     memcpy(dst->errcode, src->errcode, sizeof(dst->errcode));
 }
 
+static int lite_acquire(struct gr_db_conn *c);
+
 static int run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
                const struct gr_db_val *params, size_t nparams, struct gr_db_rows **out,
                long long *changes)
@@ -383,6 +392,11 @@ static int run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
         gr_db__set_err(c, "txfail", "current transaction failed earlier; roll it back");
         rc = GR_EDB;
         goto out;
+    }
+    if (c->lazy) {
+        rc = lite_acquire(c);
+        if (rc < 0)
+            return rc; /* logged, and the transaction marked failed, by lite_acquire */
     }
     if (c->via) {
         /* SQLite transaction: its statements run on the shared writer (group commit). */
@@ -474,6 +488,24 @@ bool gr_db_isnull(const struct gr_db_rows *r, size_t row, size_t col)
     return gr_db_text(r, row, col) == NULL;
 }
 
+struct gr_db_rows *gr_db_rows_new(struct gr_arena *a, size_t nrows, size_t ncols)
+{
+    struct gr_db_rows *r = gr_arena_calloc(a, sizeof(*r));
+
+    GR_ASSERT(nrows <= SIZE_MAX / (ncols ? ncols : 1) / sizeof(char *));
+    r->nrows = nrows;
+    r->ncols = ncols;
+    r->colnames = gr_arena_calloc(a, (ncols + 1) * sizeof(char *));
+    r->cells = gr_arena_calloc(a, (nrows * ncols + 1) * sizeof(char *));
+    return r;
+}
+
+void gr_db_rows_set(struct gr_db_rows *r, size_t row, size_t col, const char *text)
+{
+    GR_ASSERT(r && row < r->nrows && col < r->ncols);
+    r->cells[row * r->ncols + col] = text;
+}
+
 /* ---- transactions ---------------------------------------------------------------------- */
 
 static bool engine_in_tx(const struct gr_db_conn *c)
@@ -485,7 +517,8 @@ static bool engine_in_tx(const struct gr_db_conn *c)
 
 /* ---- SQLite group commit ---------------------------------------------------------------- */
 
-#define BATCH_MAX 64 /* members of one batch at most, to bound the wait of the first */
+#define BATCH_MAX     64 /* members of one batch at most, to bound the wait of the first */
+#define BATCH_WAIT_MS 2  /* a member waits this long for others before committing itself */
 
 /* Records the end of the open batch with @rc and wakes its members. write_mu held. */
 static void batch_end(struct gr_db *db, int rc)
@@ -515,6 +548,63 @@ static int batch_commit(struct gr_db *db)
     return rc;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Nobody queued for write_mu and no begun transaction that may still join. */
+static bool idle(struct gr_db *db)
+{
+    return atomic_load(&db->waiting) == 0 && atomic_load(&db->pending) == 0;
+}
+
+static int64_t batch_age_ns(struct gr_db *db)
+{
+    return mono_ns() - atomic_load(&db->batch_t0);
+}
+
+/*
+ * Waits until batch @mine has ended and returns its result. The batch is normally committed
+ * by a later member or by a begun transaction that ends without a statement; one that does
+ * neither in time (a handler busy elsewhere before its first statement) does not hold us up:
+ * after BATCH_WAIT_MS we commit the batch ourselves.
+ */
+static int await_batch(struct gr_db *db, uint64_t mine)
+{
+    int rc;
+
+    pthread_mutex_lock(&db->commit_mu);
+    while (db->done < mine) {
+        int64_t dl = mono_ns() + BATCH_WAIT_MS * 1000000LL;
+        struct timespec ts;
+
+        ts.tv_sec = (time_t)(dl / 1000000000LL);
+        ts.tv_nsec = (long)(dl % 1000000000LL);
+        if (pthread_cond_timedwait(&db->commit_cv, &db->commit_mu, &ts) != ETIMEDOUT ||
+            db->done >= mine)
+            continue;
+        pthread_mutex_unlock(&db->commit_mu);
+        pthread_mutex_lock(&db->write_mu);
+        if (db->batch == mine && db->batch_open) {
+            if (idle(db) || batch_age_ns(db) >= BATCH_WAIT_MS * 1000000LL) {
+                if (gr_db__lite_in_tx(db->writer))
+                    (void)batch_commit(db);
+                else
+                    batch_end(db, GR_EDB);
+            }
+        }
+        pthread_mutex_unlock(&db->write_mu);
+        pthread_mutex_lock(&db->commit_mu);
+    }
+    rc = db->done_rc[mine % GR_DB__BATCH_RING];
+    pthread_mutex_unlock(&db->commit_mu);
+    return rc;
+}
+
 /*
  * Ends @c's membership (write_mu held, released here). The batch is committed now when no
  * writer is queued behind us or it is full; otherwise the next writer carries it on and we
@@ -539,7 +629,7 @@ static int member_end(struct gr_db_conn *c, bool joined)
             batch_end(db, GR_EDB);
             rc = GR_EDB;
             ended = true;
-        } else if (atomic_load(&db->waiting) == 0 || db->members >= BATCH_MAX) {
+        } else if (idle(db) || db->members >= BATCH_MAX) {
             rc = batch_commit(db);
             ended = true;
         }
@@ -548,25 +638,56 @@ static int member_end(struct gr_db_conn *c, bool joined)
     pthread_mutex_unlock(&db->write_mu);
     if (!joined)
         return 0;
-    if (!ended) {
-        pthread_mutex_lock(&db->commit_mu);
-        while (db->done < mine)
-            pthread_cond_wait(&db->commit_cv, &db->commit_mu);
-        rc = db->done_rc[mine % GR_DB__BATCH_RING];
-        pthread_mutex_unlock(&db->commit_mu);
-    }
+    if (!ended)
+        rc = await_batch(db, mine);
     if (rc < 0)
         copy_err(c, db->writer);
     return rc;
 }
 
-static int lite_begin(struct gr_db_conn *c)
+/* Ends a lazy transaction's pending state (counted in db->pending). */
+static void lazy_done(struct gr_db_conn *c)
+{
+    if (c->lazy) {
+        c->lazy = false;
+        atomic_fetch_sub(&c->db->pending, 1);
+    }
+}
+
+/*
+ * Commits the open batch when nobody is queued for write_mu and no begun transaction may
+ * still join it: called by a transaction that ends without having run a statement, which a
+ * finished member may have been waiting for.
+ */
+static void commit_if_idle(struct gr_db *db)
+{
+    if (atomic_load(&db->pending) != 0 || atomic_load(&db->waiting) != 0)
+        return;
+    pthread_mutex_lock(&db->write_mu);
+    if (db->batch_open && idle(db)) {
+        if (gr_db__lite_in_tx(db->writer))
+            (void)batch_commit(db);
+        else
+            batch_end(db, GR_EDB);
+    }
+    pthread_mutex_unlock(&db->write_mu);
+}
+
+/*
+ * SQLite: takes write_mu and opens @c's savepoint in the shared batch, at the transaction's
+ * first statement (gr_db_begin only marks it begun, so a handler validating its input does
+ * not hold up the writers queued behind it). On failure the transaction stays open and
+ * failed, as after any failed statement.
+ */
+static int lite_acquire(struct gr_db_conn *c)
 {
     struct gr_db *db = c->db;
     struct gr_db_conn *w;
     int rc;
 
+    /* Queued before leaving pending, so a finishing member never sees both counts at 0. */
     atomic_fetch_add(&db->waiting, 1);
+    lazy_done(c);
     pthread_mutex_lock(&db->write_mu);
     atomic_fetch_sub(&db->waiting, 1);
     c->holds_write = true;
@@ -580,8 +701,10 @@ static int lite_begin(struct gr_db_conn *c)
     rc = ensure_open(w);
     if (rc == 0 && !db->batch_open) {
         rc = gr_db__lite_begin(w);
-        if (rc == 0)
+        if (rc == 0) {
             db->batch_open = true;
+            atomic_store(&db->batch_t0, mono_ns());
+        }
     }
     if (rc == 0)
         rc = gr_db__lite_run(w, NULL, "SAVEPOINT gr_member", NULL, 0, NULL, NULL);
@@ -589,11 +712,31 @@ static int lite_begin(struct gr_db_conn *c)
         copy_err(c, w);
         log_failure(c, "BEGIN IMMEDIATE", rc);
         (void)member_end(c, false);
+        c->tx = true; /* still open, failed: gr_db_commit or gr_db_rollback ends it */
+        c->tx_err = rc;
         return rc;
     }
     c->via = w;
+    return 0;
+}
+
+/* SQLite gr_db_begin: the transaction starts pending; lite_acquire joins the batch. */
+static int lite_begin(struct gr_db_conn *c)
+{
+    atomic_fetch_add(&c->db->pending, 1);
+    c->lazy = true;
     c->tx = true;
     c->tx_err = 0;
+    return 0;
+}
+
+/* Ends a transaction that never ran a statement. */
+static int lite_end_lazy(struct gr_db_conn *c)
+{
+    lazy_done(c);
+    c->tx = false;
+    c->tx_err = 0;
+    commit_if_idle(c->db);
     return 0;
 }
 
@@ -602,6 +745,8 @@ static int lite_rollback(struct gr_db_conn *c)
     struct gr_db_conn *w = c->via;
     int rc = 0;
 
+    if (c->lazy)
+        return lite_end_lazy(c);
     if (!c->holds_write) {
         c->tx = false;
         c->tx_err = 0;
@@ -622,6 +767,8 @@ static int lite_commit(struct gr_db_conn *c)
 {
     int rc;
 
+    if (c->lazy)
+        return lite_end_lazy(c);
     if (c->tx_err) {
         rc = c->tx_err;
         (void)lite_rollback(c);

@@ -7,9 +7,9 @@
 
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <sqlite3.h>
 #include <stdint.h>
 
 #include "gr/db.h"
@@ -33,7 +33,9 @@ struct gr_db {
     struct gr_db_conn *writer; /* guarded by write_mu */
     bool batch_open;           /* writer is inside BEGIN IMMEDIATE; guarded by write_mu */
     unsigned members;          /* members committed into the open batch; write_mu */
+    atomic_llong batch_t0;     /* monotonic ns when the open batch began */
     atomic_uint waiting;       /* threads queued on write_mu */
+    atomic_uint pending;       /* transactions begun that have not run a statement yet */
     pthread_mutex_t commit_mu; /* guards batch, done, done_rc */
     pthread_cond_t commit_cv;  /* broadcast when a batch ends */
     uint64_t batch;            /* id of the open (or next) batch, from 1 */
@@ -62,9 +64,10 @@ struct gr_db_conn {
     pthread_t owner;
     bool tx;          /* gr_db_begin succeeded and no commit/rollback since */
     bool holds_write; /* SQLite: this connection holds db->write_mu */
+    bool lazy;        /* SQLite: transaction begun, write_mu not taken until its 1st statement */
     struct gr_db_conn *via; /* SQLite, in a transaction: the shared writer that runs it */
-    int tx_err;       /* first error inside the open transaction, 0 if none */
-    uint64_t rnd;     /* backoff jitter state */
+    int tx_err;             /* first error inside the open transaction, 0 if none */
+    uint64_t rnd;           /* backoff jitter state */
     char errmsg[GR_DB_ERRMSG_MAX];
     char errcode[16]; /* SQLSTATE or SQLite extended code, for logs */
     /* SQLite */

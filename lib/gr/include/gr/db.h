@@ -8,7 +8,7 @@
  * arena, so nothing is released by hand. Process-wide state: an atomic counter numbering
  * handles, and per-thread caches of (handle, connection) pairs; both are thread-safe.
  *
- * Transactions: gr_db_begin is BEGIN IMMEDIATE on SQLite (writers serialise up front) and
+ * Transactions: gr_db_begin is BEGIN IMMEDIATE on SQLite (at the first statement) and
  * BEGIN ISOLATION LEVEL SERIALIZABLE on PostgreSQL, so read-modify-write code that is correct on
  * SQLite stays correct on PostgreSQL; a PostgreSQL serialization failure comes back as
  * GR_EBUSY. Both engines behave like PostgreSQL after an error inside a transaction: the
@@ -145,11 +145,21 @@ const char *gr_db_text(const struct gr_db_rows *r, size_t row, size_t col);
 long long gr_db_int(const struct gr_db_rows *r, size_t row, size_t col);
 /** True for SQL NULL (and out of range). */
 bool gr_db_isnull(const struct gr_db_rows *r, size_t row, size_t col);
+/**
+ * Rows built in memory rather than read (arena; every cell NULL until set): lets code that
+ * renders query results render a row it is about to insert, without reading it back.
+ * @colnames may be NULL (gr_db_colname then gives NULL).
+ */
+struct gr_db_rows *gr_db_rows_new(struct gr_arena *a, size_t nrows, size_t ncols);
+/** Sets cell @row, @col (in range) to @text, borrowed: it must outlive the rows; NULL is NULL. */
+void gr_db_rows_set(struct gr_db_rows *r, size_t row, size_t col, const char *text);
 
 /**
- * Opens a transaction: SQLite BEGIN IMMEDIATE, retried with jittered backoff until the busy
- * timeout; PostgreSQL BEGIN ISOLATION LEVEL SERIALIZABLE. A transaction already open gives
- * GR_EINTERNAL (a bug in the caller). GR_EBUSY when the write lock could not be had in time.
+ * Opens a transaction. SQLite: the write lock (BEGIN IMMEDIATE of the shared batch, retried
+ * with jittered backoff until the busy timeout) is taken at the transaction's first statement,
+ * so work before it does not delay other writers; that statement returns GR_EBUSY when the
+ * lock could not be had in time. PostgreSQL: BEGIN ISOLATION LEVEL SERIALIZABLE. A
+ * transaction already open gives GR_EINTERNAL (a bug in the caller).
  */
 GR_MUST_CHECK int gr_db_begin(struct gr_db_conn *c);
 /**

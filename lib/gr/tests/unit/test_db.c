@@ -431,7 +431,12 @@ static void test_busy(void **state)
         /* The first connection holds the write lock for longer than the 100 ms timeout. */
         assert_int_equal(gr_db_exec(c2, "UPDATE kv SET v = v + 1 WHERE k = $1", x, 1, NULL),
                          GR_EBUSY);
-        assert_int_equal(gr_db_begin(c2), GR_EBUSY);
+        /* A transaction takes the lock at its first statement, which reports the busy. */
+        assert_int_equal(gr_db_begin(c2), 0);
+        assert_int_equal(gr_db_exec(c2, "UPDATE kv SET v = v + 1 WHERE k = $1", x, 1, NULL),
+                         GR_EBUSY);
+        assert_true(gr_db_in_tx(c2));
+        assert_int_equal(gr_db_commit(c2), GR_EBUSY);
         assert_false(gr_db_in_tx(c2));
         assert_int_equal(gr_db_exec(e->c, "UPDATE kv SET v = v + 10 WHERE k = $1", x, 1, NULL), 0);
         assert_int_equal(gr_db_commit(e->c), 0);
@@ -754,7 +759,6 @@ static void test_unique_race(void **state)
     assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM race"), 2);
 }
 
-
 /*
  * Transactions committed concurrently (SQLite group commit): a successful gr_db_commit means
  * the row is already visible to another connection (the batch is committed, not just
@@ -823,7 +827,62 @@ static void test_group_commit(void **state)
         fail_msg("%d errors, first %s", atomic_load(&s.errors), gr_err_name(s.first_err));
     assert_int_equal(atomic_load(&s.conflicts), expect_conflicts);
     assert_int_equal(atomic_load(&s.ok), NTHREADS * NTX - expect_conflicts);
-    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM gc"), 1 + NTHREADS * NTX - expect_conflicts);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM gc"),
+                     1 + NTHREADS * NTX - expect_conflicts);
+}
+
+/* ---- a begun transaction that has not run a statement yet ------------------------------- */
+
+static void *one_insert_thread(void *argp)
+{
+    struct conc *s = argp;
+    struct gr_db_conn *c;
+    int rc = gr_db_conn(s->db, &c);
+
+    if (rc == 0)
+        rc = gr_db_begin(c);
+    if (rc == 0) {
+        rc = gr_db_exec(c, "INSERT INTO it (k) VALUES ('other')", NULL, 0, NULL);
+        if (rc == 0)
+            rc = gr_db_commit(c);
+        else
+            (void)gr_db_rollback(c);
+    }
+    s->first_err = rc;
+    return NULL;
+}
+
+/*
+ * A transaction that is open but has not run a statement (a handler still validating its
+ * input) neither blocks another writer nor holds back that writer's commit.
+ */
+static void test_idle_tx(void **state)
+{
+    struct env *e = *state;
+    struct conc s = { .db = e->db, .first_err = 1 };
+    struct timespec deadline;
+    pthread_t t;
+
+    exec_ok(e, "CREATE TABLE it (k TEXT PRIMARY KEY)");
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(pthread_create(&t, NULL, one_insert_thread, &s), 0);
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    if (pthread_timedjoin_np(t, NULL, &deadline) != 0)
+        fail_msg("the other writer did not finish while a transaction was open");
+    assert_int_equal(s.first_err, 0);
+    /* Committed and visible, also inside our transaction, which now joins and commits. */
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM it WHERE k = 'other'"), 1);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO it (k) VALUES ('mine')", NULL, 0, NULL), 0);
+    assert_int_equal(gr_db_commit(e->c), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM it"), 2);
+    /* Begun and ended without a statement: nothing to do, no error. */
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_commit(e->c), 0);
+    assert_false(gr_db_in_tx(e->c));
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_rollback(e->c), 0);
+    assert_false(gr_db_in_tx(e->c));
 }
 
 /* ---- PostgreSQL connection loss -------------------------------------------------------- */
@@ -895,6 +954,7 @@ static void test_pg_reconnect(void **state)
     X(test_concurrent_tx)                                                                          \
     X(test_unique_race)                                                                            \
     X(test_group_commit)                                                                           \
+    X(test_idle_tx)                                                                                \
     X(test_pg_reconnect)
 
 #define LITE_TEST(t) cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_sqlite),
