@@ -28,7 +28,7 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
 CFLAGS  := -std=c17 $(OPT) $(WARN) $(SANFLAGS) -D_GNU_SOURCE -pthread -Ilib/gr/include \
            -I/usr/include/postgresql $(EXTRA_CFLAGS)
 LDFLAGS := $(SANFLAGS) -pthread
-LIBS    := -lmicrohttpd -ljansson -lsqlite3 -lpq -lcurl -lssl -lcrypto -lm
+LIBS    := -lmicrohttpd -ljansson -lsqlite3 -lpq -lnats -lcurl -lssl -lcrypto -lm
 PY      := /usr/bin/python3
 
 GR_SRC  := $(sort $(wildcard lib/gr/src/*.c))

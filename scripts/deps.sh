@@ -9,6 +9,7 @@ PKGS=(
     libssl-dev libcmocka-dev
     postgresql postgresql-client
     python3 python3-jwt python3-cryptography python3-prometheus-client
+    libnats-dev nats-server
     wrk nginx curl procps
 )
 

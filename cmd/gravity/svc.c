@@ -279,12 +279,15 @@ char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc 
 
     while (environ[n])
         n++;
-    envp = gr_xcalloc(n + 3, sizeof(*envp));
+    envp = gr_xcalloc(n + 4, sizeof(*envp));
     for (size_t i = 0; i < n; i++) {
         if (has_key(environ[i], "PORT") || has_key(environ[i], "DATA_DIR"))
             continue;
         envp[k++] = gr_xstrdup(environ[i]);
     }
+    /* The event bus (14) moves with the offset too, unless the caller chose one. */
+    if (env->port_offset != 0 && !getenv("EVENT_BUS_URL"))
+        envp[k++] = gravity_strf("EVENT_BUS_URL=http://127.0.0.1:%d", 8019 + env->port_offset);
     if (port && *port)
         envp[k++] = gravity_strf("PORT=%s", port);
     else

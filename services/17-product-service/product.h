@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "gr/bus.h"
 #include "gr/db.h"
 #include "gr/http.h"
 #include "gr/id.h"
@@ -290,14 +291,14 @@ GR_MUST_CHECK int product_check_currency(struct gr_req *req, struct gr_resp *res
                                          const char *currency, const char *field);
 
 /**
- * The event hook. Called inside the write's transaction at every point where SERVICES §17
- * publishes an event (product.created, product.updated, product.deleted,
- * product.price_changed) with the event type and the JSON text of the snapshot that becomes
- * its `data` (borrowed; for products the stored doc_full). It is a no-op until gr_bus lands:
- * then it writes the CloudEvent to the outbox in the same transaction, so a rollback publishes
- * nothing. Returns 0 or a GR_E* code that the caller returns (rolling the write back).
+ * Publishes an event (product.created, product.updated, product.deleted,
+ * product.price_changed) about product @product_id (the CloudEvent's subject) with the JSON
+ * text @data (borrowed; for products the stored doc_full) through the outbox, in the caller's
+ * transaction, so a rollback publishes nothing. Returns 0 or a GR_E* code that the caller
+ * returns (rolling the write back).
  */
-GR_MUST_CHECK int product_event(struct gr_req *req, const char *type, const struct gr_str *data);
+GR_MUST_CHECK int product_event(struct gr_req *req, const char *type, const char *product_id,
+                                const struct gr_str *data);
 
 /** Returns a 409 "version_conflict" problem when @want (if @present) differs from @have. */
 GR_MUST_CHECK int product_check_version(struct gr_req *req, struct gr_resp *resp, bool present,
@@ -365,6 +366,14 @@ GR_MUST_CHECK int product_doc_render_rows(struct gr_arena *a, const struct produ
  * gr_db_exec's.
  */
 GR_MUST_CHECK int product_doc_refresh(struct gr_req *req, const char *id, struct gr_str *full);
+/** product_doc_refresh on @db's open transaction with arena @a (event handlers). */
+GR_MUST_CHECK int product_doc_refresh_db(struct gr_db_conn *db, struct gr_arena *a, const char *id,
+                                         struct gr_str *full);
+
+/* ---- consumed events (events.c) ----------------------------------------------------------- */
+
+#define PRODUCT_NSUBS 1
+extern const struct gr_sub product_subs[PRODUCT_NSUBS];
 
 /**
  * The end of every write to product @id: product_doc_refresh, then the event @type

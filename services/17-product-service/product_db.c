@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "gr/auth.h"
+#include "gr/bus.h"
 #include "gr/cursor.h"
 #include "gr/id.h"
 #include "gr/service.h"
@@ -319,16 +320,10 @@ int product_check_currency(struct gr_req *req, struct gr_resp *resp, const char 
     return GR_EVALID;
 }
 
-int product_event(struct gr_req *req, const char *type, const struct gr_str *data)
+int product_event(struct gr_req *req, const char *type, const char *product_id,
+                  const struct gr_str *data)
 {
-    /*
-     * No-op until gr_bus exists. Then: gr_bus_publish(req, type, subject = the snapshot's id,
-     * data = the JSON text @data) into the outbox on req->db, inside the caller's transaction.
-     */
-    (void)req;
-    (void)type;
-    (void)data;
-    return 0;
+    return gr_req_emit(req, type, product_id, data->ptr);
 }
 
 int product_check_version(struct gr_req *req, struct gr_resp *resp, bool present, long long want,

@@ -109,19 +109,25 @@ static int doc_store(struct gr_db_conn *db, const char *id, const struct product
         NULL);
 }
 
-int product_doc_refresh(struct gr_req *req, const char *id, struct gr_str *full)
+int product_doc_refresh_db(struct gr_db_conn *db, struct gr_arena *a, const char *id,
+                           struct gr_str *full)
 {
     struct product_docs d;
     int rc;
 
-    rc = product_doc_render(req->db, req->arena, id, false, &d);
+    rc = product_doc_render(db, a, id, false, &d);
     if (rc < 0)
         return rc;
-    rc = doc_store(req->db, id, &d);
+    rc = doc_store(db, id, &d);
     if (rc < 0)
         return rc;
     *full = d.full;
     return 0;
+}
+
+int product_doc_refresh(struct gr_req *req, const char *id, struct gr_str *full)
+{
+    return product_doc_refresh_db(req->db, req->arena, id, full);
 }
 
 int product_doc_get(struct gr_req *req, const char *key, bool by_slug, bool full,
@@ -255,5 +261,5 @@ int product_doc_publish(struct gr_req *req, const char *id, const char *type, st
 
     if (rc < 0)
         return rc;
-    return product_event(req, type, full);
+    return product_event(req, type, id, full);
 }

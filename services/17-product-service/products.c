@@ -569,7 +569,7 @@ int products_create(struct gr_req *req, struct gr_resp *resp)
         if (rc < 0)
             return rc;
     }
-    rc = product_event(req, "product.created", &docs.full);
+    rc = product_event(req, "product.created", id, &docs.full);
     if (rc < 0)
         return rc;
     gr_resp_header(req, resp, "Location", gr_arena_printf(req->arena, "/api/v1/products/%s", id));
@@ -710,7 +710,7 @@ int products_delete(struct gr_req *req, struct gr_resp *resp)
         rc = remove_product(req, id);
         if (rc < 0)
             return rc;
-        rc = product_event(req, "product.deleted", &doc);
+        rc = product_event(req, "product.deleted", id, &doc);
         if (rc < 0)
             return rc;
         gr_resp_json(resp, 204, NULL);

@@ -33,6 +33,8 @@ static const struct gr_service product_service = {
      * synchronous=NORMAL survives a crash of the process; orders keep their own prices. */
     .sqlite_sync_full = false,
     .init = init_docs,
+    .subs = product_subs,
+    .nsubs = PRODUCT_NSUBS,
 };
 
 int main(int argc, char **argv)

@@ -211,7 +211,8 @@ static int price_event(struct gr_req *req, const struct gr_db_rows *old, json_t 
                                   "currency", gr_db_text(old, 0, VCOL_CURRENCY)));
     if (gr_json_dump(req->arena, snap, &data) < 0)
         return GR_EINTERNAL;
-    return product_event(req, "product.price_changed", &data);
+    return product_event(req, "product.price_changed",
+                         json_string_value(json_object_get(v, "product_id")), &data);
 }
 
 int variants_patch(struct gr_req *req, struct gr_resp *resp)

@@ -815,6 +815,8 @@ int gr_db_rollback(struct gr_db_conn *c)
 {
     int rc = 0;
 
+    c->on_commit = NULL;
+    c->on_commit_arg = NULL;
     if (c->db->engine == GR_DB_SQLITE)
         return lite_rollback(c);
     c->tx = false;
@@ -827,7 +829,33 @@ int gr_db_rollback(struct gr_db_conn *c)
     return rc;
 }
 
+void gr_db_on_commit(struct gr_db_conn *c, void (*fn)(void *), void *arg)
+{
+    c->on_commit = fn;
+    c->on_commit_arg = arg;
+}
+
+/* Takes the commit hook off @c and runs it when @rc is success. */
+static int after_end(struct gr_db_conn *c, int rc)
+{
+    void (*fn)(void *) = c->on_commit;
+    void *arg = c->on_commit_arg;
+
+    c->on_commit = NULL;
+    c->on_commit_arg = NULL;
+    if (rc == 0 && fn)
+        fn(arg);
+    return rc;
+}
+
+static int commit_tx(struct gr_db_conn *c);
+
 int gr_db_commit(struct gr_db_conn *c)
+{
+    return after_end(c, commit_tx(c));
+}
+
+static int commit_tx(struct gr_db_conn *c)
 {
     int rc;
 

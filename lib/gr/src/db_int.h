@@ -65,9 +65,11 @@ struct gr_db_conn {
     bool tx;          /* gr_db_begin succeeded and no commit/rollback since */
     bool holds_write; /* SQLite: this connection holds db->write_mu */
     bool lazy;        /* SQLite: transaction begun, write_mu not taken until its 1st statement */
-    struct gr_db_conn *via; /* SQLite, in a transaction: the shared writer that runs it */
-    int tx_err;             /* first error inside the open transaction, 0 if none */
-    uint64_t rnd;           /* backoff jitter state */
+    struct gr_db_conn *via;    /* SQLite, in a transaction: the shared writer that runs it */
+    int tx_err;                /* first error inside the open transaction, 0 if none */
+    void (*on_commit)(void *); /* gr_db_on_commit hook of the open transaction */
+    void *on_commit_arg;
+    uint64_t rnd; /* backoff jitter state */
     char errmsg[GR_DB_ERRMSG_MAX];
     char errcode[16]; /* SQLSTATE or SQLite extended code, for logs */
     /* SQLite */

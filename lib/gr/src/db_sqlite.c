@@ -101,9 +101,10 @@ int gr_db__lite_open(struct gr_db_conn *c)
 {
     sqlite3 *h = NULL;
     char *msg = NULL;
-    const char *pragmas = c->db->opts.sqlite_sync_full
-                              ? "PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;"
-                              : "PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;";
+    const char *pragmas =
+        c->db->opts.sqlite_sync_full
+            ? "PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL; PRAGMA temp_store=MEMORY;"
+            : "PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;";
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     int rc;
 

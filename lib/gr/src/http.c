@@ -26,6 +26,7 @@
 #include "gr/log.h"
 #include "gr/time.h"
 #include "http_int.h"
+#include "idem_int.h"
 
 /*
  * libmicrohttpd keeps the request line and headers in a per-connection pool (mmap'd, so
@@ -522,7 +523,7 @@ static void reset_response(struct gr_resp *resp)
 }
 
 /* The handler, inside a transaction on GR_R_TX routes (committed only on success). */
-static int run_handler(struct gr_req *req, struct gr_resp *resp)
+static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
 {
     int rc;
 
@@ -535,6 +536,8 @@ static int run_handler(struct gr_req *req, struct gr_resp *resp)
     if (rc == 0 && resp->status >= 400)
         rc = gr_err_from_http_status(resp->status);
     if ((req->route->flags & GR_R_TX) && gr_db_in_tx(req->db)) {
+        if (rc == 0 && ik->active)
+            rc = gr_idem__store(req, resp, ik); /* with the handler's writes, or neither */
         if (rc == 0)
             rc = gr_db_commit(req->db);
         else
@@ -547,6 +550,7 @@ static int run_handler(struct gr_req *req, struct gr_resp *resp)
 static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *conn)
 {
     struct gr_req *req = &st->req;
+    struct gr_idem ik;
     int rc;
 
     if (st->body_too_big)
@@ -571,8 +575,11 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
         if (rc < 0)
             return rc;
     }
+    rc = gr_idem__begin(req, &st->resp, &ik);
+    if (rc != 0)
+        return rc > 0 ? 0 : rc; /* 1: a stored response is replayed */
     for (int attempt = 1;; attempt++) {
-        rc = run_handler(req, &st->resp);
+        rc = run_handler(req, &st->resp, &ik);
         if (rc != GR_EBUSY || attempt == BUSY_ATTEMPTS)
             break;
         /*
@@ -591,6 +598,7 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
             usleep((useconds_t)(window / 2 + jitter));
         }
     }
+    gr_idem__end(req, &st->resp, &ik, rc); /* stores a 2xx not stored yet, else releases */
     return rc;
 }
 

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bus_int.h"
 #include "gr/auth.h"
 #include "gr/db.h"
 #include "gr/json.h"
@@ -19,12 +20,15 @@
 #include "gr/metrics.h"
 #include "gr/time.h"
 #include "http_int.h"
+#include "idem_int.h"
 
 /* The one server of this process: platform handlers reach it through req->ctx. */
 struct platform {
     struct gr_ctx ctx;
     struct gr_server srv;
     int64_t started_ms;
+    struct gr_bus_cfg bus_cfg;
+    struct gr_bus *bus;
 };
 
 static struct platform *plat_of(struct gr_req *req)
@@ -191,13 +195,39 @@ static int open_db(struct platform *p)
             gr_log_warn("database unreachable, retrying migrations for up to 30 s");
         usleep(500 * 1000);
     }
+    if (rc == 0)
+        rc = gr_db_migrate(p->ctx.db, "gr.bus", gr_bus_migrations);
+    if (rc == 0)
+        rc = gr_db_migrate(p->ctx.db, "gr.idem", gr_idem_migrations);
     if (rc < 0)
         gr_log_error("migrations failed", "code", gr_err_name(rc));
     return rc;
 }
 
+/* Starts the outbox relay (and the consumer of svc->subs) on the configured backend. */
+static int start_bus(struct platform *p)
+{
+    const struct gr_service *svc = p->ctx.svc;
+    struct gr_bus_cfg *c = &p->bus_cfg;
+    const char *token = getenv("SERVICE_TOKEN");
+
+    if (!p->ctx.db)
+        return 0; /* no tables, no outbox: nothing to publish or apply */
+    c->kind = p->ctx.cfg.event_bus;
+    c->url = strcmp(c->kind, "nats") == 0 ? p->ctx.cfg.nats_url : p->ctx.cfg.event_bus_url;
+    c->token = token && *token ? token : NULL;
+    c->durable = svc->name;
+    c->subs = svc->subs;
+    c->nsubs = svc->nsubs;
+    c->opts = svc->sub_opts;
+    c->app = &p->ctx.app;
+    return gr_bus__start(p->ctx.db, c, p->ctx.metrics, &p->bus);
+}
+
 static void release(struct platform *p)
 {
+    gr_bus__stop(p->bus);
+    p->bus = NULL;
     if (p->ctx.svc->fini && p->ctx.app)
         p->ctx.svc->fini(&p->ctx, p->ctx.app);
     gr_router_free(p->srv.router);
@@ -283,6 +313,11 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
             release(p);
             return 1;
         }
+    }
+    rc = start_bus(p);
+    if (rc < 0) {
+        release(p);
+        return rc == GR_ECONFIG ? 2 : 1;
     }
     rc = gr_router_new(tables, counts, 2, &p->srv.router);
     if (rc < 0) {

@@ -170,6 +170,11 @@ GR_MUST_CHECK int gr_db_begin(struct gr_db_conn *c);
 GR_MUST_CHECK int gr_db_commit(struct gr_db_conn *c);
 /** Rolls back; safe (and 0) when no transaction is open. */
 int gr_db_rollback(struct gr_db_conn *c);
+/**
+ * Runs @fn(@arg) once after the open transaction on @c commits successfully (durably, for an
+ * SQLite batch); dropped on rollback. One hook per transaction: a second call replaces it.
+ */
+void gr_db_on_commit(struct gr_db_conn *c, void (*fn)(void *), void *arg);
 /** True while a transaction is open (also a failed one that still needs its rollback). */
 bool gr_db_in_tx(const struct gr_db_conn *c);
 /** The last engine error message, for logs; never contains parameter values; "" if none. */

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "gr/bus.h"
 #include "gr/config.h"
 #include "gr/cursor.h"
 #include "gr/db.h"
@@ -32,6 +33,10 @@ struct gr_service {
     const struct gr_migration *migrations; /* usually gr_svc_migrations (embedded) */
     const char *openapi_json;              /* usually gr_svc_openapi_json (embedded) */
     bool sqlite_sync_full;                 /* money, stock and order data */
+    /* Events this service consumes (gr/bus.h): its durable subscription, named after it. */
+    const struct gr_sub *subs;
+    size_t nsubs;
+    struct gr_sub_opts sub_opts;
     /** Optional: builds the service state reached through req->app. */
     int (*init)(struct gr_ctx *ctx, void **app);
     /** Optional: releases it after the server stopped. */

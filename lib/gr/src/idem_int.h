@@ -1,0 +1,111 @@
+/*
+ * idem_int.h - Idempotency-Key support (SERVICES §0 Idempotency), shared by http.c (the request
+ * pipeline) and service.c (the migration). Never included from services.
+ *
+ * A route with GR_R_IK honours the header; GR_R_IK_REQUIRED also requires it (400
+ * `idempotency_key_required` without it). A key is 1..255 printable ASCII characters (0x20..0x7e),
+ * anything else is a 400. Records live in the library's table `idempotency_keys`, scoped by
+ * (caller, method, path, key): caller is the token's `sub` ("anonymous" without a token), path the
+ * request path as received (without the query string).
+ *
+ * Flow: gr_idem__begin, in its own short transaction, reserves the key with a 'pending' row, or
+ * answers from the existing row: same body (SHA-256 of the raw bytes) and done → the stored
+ * response, with `Idempotent-Replayed: true`, and the handler is not run; a different body → 422
+ * `idempotency_key_reuse`; still pending → 409 `idempotency_in_flight`. Rows past expires_at
+ * (created + 24 h on the library clock) and pending rows older than GR_IDEM_ABANDON_MS (the
+ * process died) are replaced. On a GR_R_TX route, gr_idem__store writes a 2xx response into the
+ * row inside the handler's own transaction, so the effect never commits without its stored
+ * response; gr_idem__end stores it afterwards on other routes, and deletes the pending row for
+ * every other outcome (4xx, 5xx: nothing is kept, a retry runs the handler again). Responses
+ * above GR_IDEM_MAX_BODY bytes, or whose body is not UTF-8 text, are not stored (the key is
+ * released, a warning logged). The key's value is never logged.
+ */
+#ifndef GR_IDEM_INT_H
+#define GR_IDEM_INT_H
+
+#include <stdbool.h>
+
+#include "gr/db.h"
+#include "gr/http.h"
+
+#define GR_IDEM_KEY_MAX    255
+#define GR_IDEM_TTL_MS     (24LL * 3600 * 1000)
+#define GR_IDEM_ABANDON_MS (60LL * 1000)
+#define GR_IDEM_MAX_BODY   (1024 * 1024)
+
+/* The migrations of the table, applied as service "gr.idem" by gr_main. */
+extern const struct gr_migration gr_idem_migrations[];
+
+/* One request's hold on a key; zero-initialise. Strings are arena memory. */
+struct gr_idem {
+    bool active; /* a key is reserved by this request */
+    bool stored; /* its response was written into the row */
+    const char *caller;
+    const char *key;
+    const char *hash;  /* SHA-256 of the body, lowercase hex */
+    const char *owner; /* random token naming this reservation */
+};
+
+/* A stored response, as read back. Strings are arena memory. */
+struct gr_idem_resp {
+    int status;
+    const char *content_type; /* may be NULL */
+    const char *headers;      /* JSON array of [name, value] pairs; may be NULL */
+    const char *body;         /* may be NULL */
+};
+
+enum gr_idem_outcome {
+    GR_IDEM_OWNED = 0, /* reserved: run the handler */
+    GR_IDEM_REPLAY,    /* done, same body: *stored holds the response */
+    GR_IDEM_IN_FLIGHT, /* pending, same body */
+    GR_IDEM_REUSE,     /* different body */
+};
+
+/**
+ * The store's reservation step, exposed for unit tests: in one transaction on @c (none may be
+ * open), with retries on GR_EBUSY/GR_ECONFLICT, reserves (caller, method, path, key) for @owner
+ * with body hash @hash at library time @now_ms, or reports the existing row. *@outcome is an
+ * enum gr_idem_outcome; with GR_IDEM_REPLAY, *@stored (arena @a) holds the response.
+ * Errors: the gr_db codes.
+ */
+GR_MUST_CHECK int gr_idem__reserve(struct gr_db_conn *c, struct gr_arena *a, const char *caller,
+                                   const char *method, const char *path, const char *key,
+                                   const char *hash, const char *owner, long long now_ms,
+                                   int *outcome, struct gr_idem_resp *stored);
+
+/**
+ * Writes @r into the row reserved by @owner and marks it done, on @c: inside the caller's open
+ * transaction when there is one, else in its own. GR_ECONFLICT when the row is no longer
+ * @owner's (another request replaced it as abandoned).
+ */
+GR_MUST_CHECK int gr_idem__complete(struct gr_db_conn *c, const char *caller, const char *method,
+                                    const char *path, const char *key, const char *owner,
+                                    const struct gr_idem_resp *r);
+
+/** Deletes the row reserved by @owner (its own transaction, retried); errors are logged only. */
+void gr_idem__release(struct gr_db_conn *c, const char *caller, const char *method,
+                      const char *path, const char *key, const char *owner);
+
+/** Deletes at most @max rows expired at @now_ms; *@deleted may be NULL. */
+GR_MUST_CHECK int gr_idem__purge(struct gr_db_conn *c, long long now_ms, int max,
+                                 long long *deleted);
+
+/**
+ * Before the handler (req->db set, body read and parsed). Returns 0 to run the handler (with
+ * ik->active telling whether a key is held), 1 when @resp holds a replayed response (do not run
+ * the handler), or a negative code with the problem set on @resp (400, 409, 422, DB errors).
+ */
+GR_MUST_CHECK int gr_idem__begin(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik);
+
+/**
+ * Inside the handler's open transaction, just before its commit, when the handler succeeded:
+ * stores a 2xx response in the row (the JSON body is rendered into resp->body here, so the
+ * replay is byte-identical). Returns 0 (also when nothing is to be stored) or a code that must
+ * make the caller roll back.
+ */
+GR_MUST_CHECK int gr_idem__store(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik);
+
+/** After the handler's last attempt, with its result @rc: stores or releases the key. */
+void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int rc);
+
+#endif

@@ -1,0 +1,356 @@
+/*
+ * test_idem.c - unit tests of the Idempotency-Key store (idem.c) against real engines: every
+ * test runs on a fresh SQLite file and, when GR_TEST_PG_URL names a PostgreSQL server
+ * (scripts/pg.sh start), on a fresh PostgreSQL database too (created per test, dropped after).
+ *
+ *   scripts/pg.sh start /tmp/pg && GR_TEST_PG_URL=$(cat /tmp/pg/url) ./test_idem
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h> /* after setjmp.h, stdarg.h and stddef.h, which it needs */
+
+#include "../../src/idem_int.h"
+#include "gr/arena.h"
+#include "gr/db.h"
+#include "gr/log.h"
+
+#define NTHREADS 50
+#define T0       1700000000000LL /* a fixed library time, ms */
+#define H1       "1111111111111111111111111111111111111111111111111111111111111111"
+#define H2       "2222222222222222222222222222222222222222222222222222222222222222"
+
+struct env {
+    int engine;
+    char url[600];
+    char dir[128];
+    char dbname[64];
+    struct gr_db *db;
+    struct gr_db_conn *c;
+    struct gr_arena a;
+};
+
+static int engine_sqlite = GR_DB_SQLITE;
+static int engine_pg = GR_DB_PG;
+static const char *pg_base;
+static struct gr_db *pg_admin;
+static int pg_seq;
+
+static void pg_url_for(const char *name, char *out, size_t n)
+{
+    const char *hostpart = strstr(pg_base, "://");
+    const char *slash, *query;
+
+    hostpart = hostpart ? hostpart + 3 : pg_base;
+    slash = strchr(hostpart, '/');
+    query = strchr(hostpart, '?');
+    if (!slash || (query && slash > query))
+        slash = query ? query : hostpart + strlen(hostpart);
+    snprintf(out, n, "%.*s/%s%s", (int)(slash - pg_base), pg_base, name, query ? query : "");
+}
+
+static int admin_exec(const char *sql)
+{
+    struct gr_db_conn *c;
+    int rc = gr_db_conn(pg_admin, &c);
+
+    if (rc == 0)
+        rc = gr_db_exec(c, sql, NULL, 0, NULL);
+    return rc;
+}
+
+static int setup(void **state)
+{
+    struct env *e = gr_xcalloc(1, sizeof(*e));
+    char err[256];
+
+    e->engine = *(int *)*state;
+    gr_arena_init(&e->a);
+    if (e->engine == GR_DB_SQLITE) {
+        snprintf(e->dir, sizeof(e->dir), "/tmp/gr_test_idem_XXXXXX");
+        if (!mkdtemp(e->dir))
+            return -1;
+        snprintf(e->url, sizeof(e->url), "sqlite://%s/t.db", e->dir);
+    } else {
+        char sql[128];
+
+        snprintf(e->dbname, sizeof(e->dbname), "gri_%d_%d", (int)getpid(), ++pg_seq);
+        /* Identifiers cannot be bound; this name is made here from digits only. */
+        snprintf(sql, sizeof(sql), "CREATE DATABASE %s", e->dbname);
+        if (admin_exec(sql) != 0)
+            return -1;
+        pg_url_for(e->dbname, e->url, sizeof(e->url));
+    }
+    if (gr_db_open(e->url, NULL, &e->db, err, sizeof(err)) != 0) {
+        fprintf(stderr, "setup: %s\n", err);
+        return -1;
+    }
+    if (gr_db_conn(e->db, &e->c) != 0 || gr_db_migrate(e->db, "gr.idem", gr_idem_migrations) != 0)
+        return -1;
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct env *e = *state;
+    char path[300];
+
+    gr_db_close(e->db);
+    gr_arena_release(&e->a);
+    if (e->engine == GR_DB_SQLITE) {
+        static const char *const files[] = { "t.db", "t.db-wal", "t.db-shm" };
+
+        for (size_t i = 0; i < 3; i++) {
+            snprintf(path, sizeof(path), "%s/%s", e->dir, files[i]);
+            unlink(path);
+        }
+        rmdir(e->dir);
+    } else {
+        char sql[128];
+
+        snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", e->dbname);
+        if (admin_exec(sql) != 0)
+            fprintf(stderr, "teardown: cannot drop %s\n", e->dbname);
+    }
+    gr_free(e);
+    return 0;
+}
+
+static int reserve(struct env *e, const char *caller, const char *key, const char *hash,
+                   const char *owner, long long now, struct gr_idem_resp *r)
+{
+    int outcome = -1;
+
+    assert_int_equal(gr_idem__reserve(e->c, &e->a, caller, "POST", "/api/v1/things", key, hash,
+                                      owner, now, &outcome, r),
+                     0);
+    return outcome;
+}
+
+static long long count_rows(struct env *e)
+{
+    struct gr_db_rows *r;
+
+    assert_int_equal(gr_db_query(e->c, &e->a, "SELECT COUNT(*) FROM idempotency_keys", NULL, 0, &r),
+                     0);
+    return gr_db_int(r, 0, 0);
+}
+
+static const struct gr_idem_resp created = {
+    .status = 201,
+    .content_type = "application/json",
+    .headers = "[[\"Location\",\"/api/v1/things/1\"]]",
+    .body = "{\"id\":\"1\",\"name\":\"caf\xc3\xa9\"}",
+};
+
+/* Reserve, complete, then the same body replays and a different body is a reuse. */
+static void test_replay_and_reuse(void **state)
+{
+    struct env *e = *state;
+    struct gr_idem_resp r;
+
+    assert_int_equal(reserve(e, "u1", "k", H1, "o1", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(reserve(e, "u1", "k", H1, "o2", T0 + 10, &r), GR_IDEM_IN_FLIGHT);
+    assert_int_equal(gr_idem__complete(e->c, "u1", "POST", "/api/v1/things", "k", "o1", &created),
+                     0);
+    assert_int_equal(reserve(e, "u1", "k", H1, "o3", T0 + 20, &r), GR_IDEM_REPLAY);
+    assert_int_equal(r.status, 201);
+    assert_string_equal(r.content_type, "application/json");
+    assert_string_equal(r.headers, created.headers);
+    assert_string_equal(r.body, created.body);
+    assert_int_equal(reserve(e, "u1", "k", H2, "o4", T0 + 30, &r), GR_IDEM_REUSE);
+    /* Completing twice, or by a non-owner, is refused. */
+    assert_int_equal(gr_idem__complete(e->c, "u1", "POST", "/api/v1/things", "k", "o1", &created),
+                     GR_ECONFLICT);
+    assert_int_equal(count_rows(e), 1);
+}
+
+/* The scope is (caller, method, path, key). */
+static void test_scope(void **state)
+{
+    struct env *e = *state;
+    struct gr_idem_resp r;
+    int outcome = -1;
+
+    assert_int_equal(reserve(e, "u1", "k", H1, "o1", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(reserve(e, "u2", "k", H2, "o2", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(reserve(e, "u1", "k2", H1, "o3", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(gr_idem__reserve(e->c, &e->a, "u1", "POST", "/api/v1/other", "k", H1, "o4", T0,
+                                      &outcome, &r),
+                     0);
+    assert_int_equal(outcome, GR_IDEM_OWNED);
+    assert_int_equal(gr_idem__reserve(e->c, &e->a, "u1", "PUT", "/api/v1/things", "k", H1, "o5", T0,
+                                      &outcome, &r),
+                     0);
+    assert_int_equal(outcome, GR_IDEM_OWNED);
+    assert_int_equal(count_rows(e), 5);
+}
+
+/* Release frees the key (a 4xx keeps nothing), but only the owner's own reservation. */
+static void test_release(void **state)
+{
+    struct env *e = *state;
+    struct gr_idem_resp r;
+
+    assert_int_equal(reserve(e, "u1", "k", H1, "o1", T0, &r), GR_IDEM_OWNED);
+    gr_idem__release(e->c, "u1", "POST", "/api/v1/things", "k", "someone-else");
+    assert_int_equal(count_rows(e), 1);
+    gr_idem__release(e->c, "u1", "POST", "/api/v1/things", "k", "o1");
+    assert_int_equal(count_rows(e), 0);
+    /* A different body may now use the key. */
+    assert_int_equal(reserve(e, "u1", "k", H2, "o2", T0 + 1, &r), GR_IDEM_OWNED);
+}
+
+/* Done rows expire after 24 h; pending rows are abandoned after a minute. */
+static void test_expiry_and_abandon(void **state)
+{
+    struct env *e = *state;
+    struct gr_idem_resp r;
+    long long deleted = -1;
+
+    assert_int_equal(reserve(e, "u1", "done", H1, "o1", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(
+        gr_idem__complete(e->c, "u1", "POST", "/api/v1/things", "done", "o1", &created), 0);
+    assert_int_equal(reserve(e, "u1", "done", H1, "o2", T0 + GR_IDEM_TTL_MS - 1, &r),
+                     GR_IDEM_REPLAY);
+    assert_int_equal(reserve(e, "u1", "done", H2, "o3", T0 + GR_IDEM_TTL_MS, &r), GR_IDEM_OWNED);
+
+    assert_int_equal(reserve(e, "u1", "pend", H1, "p1", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(reserve(e, "u1", "pend", H1, "p2", T0 + GR_IDEM_ABANDON_MS - 1, &r),
+                     GR_IDEM_IN_FLIGHT);
+    assert_int_equal(reserve(e, "u1", "pend", H1, "p3", T0 + GR_IDEM_ABANDON_MS, &r),
+                     GR_IDEM_OWNED);
+    /* The first owner, back from the dead, can no longer complete or release it. */
+    assert_int_equal(
+        gr_idem__complete(e->c, "u1", "POST", "/api/v1/things", "pend", "p1", &created),
+        GR_ECONFLICT);
+    gr_idem__release(e->c, "u1", "POST", "/api/v1/things", "pend", "p1");
+    assert_int_equal(
+        gr_idem__complete(e->c, "u1", "POST", "/api/v1/things", "pend", "p3", &created), 0);
+
+    /* Purge deletes only expired rows, at most max per call. */
+    assert_int_equal(reserve(e, "u2", "a", H1, "q1", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(reserve(e, "u2", "b", H1, "q2", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(count_rows(e), 4);
+    assert_int_equal(gr_idem__purge(e->c, T0 + GR_IDEM_TTL_MS - 1, 100, &deleted), 0);
+    assert_int_equal(deleted, 0);
+    assert_int_equal(gr_idem__purge(e->c, T0 + GR_IDEM_TTL_MS + GR_IDEM_ABANDON_MS, 1, &deleted),
+                     0);
+    assert_int_equal(deleted, 1);
+    assert_int_equal(gr_idem__purge(e->c, T0 + GR_IDEM_TTL_MS + GR_IDEM_ABANDON_MS, 100, &deleted),
+                     0);
+    assert_int_equal(deleted, 2);
+    assert_int_equal(count_rows(e), 1); /* "done" renewed at T0 + 24 h */
+}
+
+/* The store call runs inside an open transaction: a rollback undoes it with the effect. */
+static void test_complete_in_tx(void **state)
+{
+    struct env *e = *state;
+    struct gr_idem_resp r;
+
+    assert_int_equal(reserve(e, "u1", "k", H1, "o1", T0, &r), GR_IDEM_OWNED);
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_idem__complete(e->c, "u1", "POST", "/api/v1/things", "k", "o1", &created),
+                     0);
+    assert_int_equal(gr_db_rollback(e->c), 0);
+    assert_int_equal(reserve(e, "u1", "k", H1, "o2", T0 + 1, &r), GR_IDEM_IN_FLIGHT);
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_idem__complete(e->c, "u1", "POST", "/api/v1/things", "k", "o1", &created),
+                     0);
+    assert_int_equal(gr_db_commit(e->c), 0);
+    assert_int_equal(reserve(e, "u1", "k", H1, "o3", T0 + 2, &r), GR_IDEM_REPLAY);
+}
+
+struct race {
+    struct env *e;
+    atomic_int owned, in_flight, failed;
+    pthread_barrier_t go;
+};
+
+static void *racer(void *arg)
+{
+    struct race *x = arg;
+    struct gr_db_conn *c;
+    struct gr_arena a;
+    struct gr_idem_resp r;
+    char owner[32];
+    int outcome = -1, rc;
+
+    gr_arena_init(&a);
+    snprintf(owner, sizeof(owner), "o%p", (void *)&a);
+    rc = gr_db_conn(x->e->db, &c);
+    pthread_barrier_wait(&x->go);
+    if (rc == 0)
+        rc = gr_idem__reserve(c, &a, "u1", "POST", "/api/v1/things", "race", H1, owner, T0,
+                              &outcome, &r);
+    if (rc < 0)
+        atomic_fetch_add(&x->failed, 1);
+    else if (outcome == GR_IDEM_OWNED)
+        atomic_fetch_add(&x->owned, 1);
+    else if (outcome == GR_IDEM_IN_FLIGHT)
+        atomic_fetch_add(&x->in_flight, 1);
+    gr_arena_release(&a);
+    return NULL;
+}
+
+/* 50 threads reserve one key at once: exactly one owns it, every other sees it in flight. */
+static void test_race(void **state)
+{
+    struct race x = { .e = *state };
+    pthread_t t[NTHREADS];
+
+    pthread_barrier_init(&x.go, NULL, NTHREADS);
+    for (int i = 0; i < NTHREADS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, racer, &x), 0);
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&x.go);
+    assert_int_equal(atomic_load(&x.failed), 0);
+    assert_int_equal(atomic_load(&x.owned), 1);
+    assert_int_equal(atomic_load(&x.in_flight), NTHREADS - 1);
+}
+
+#define TESTS(X)                                                                                   \
+    X(test_replay_and_reuse)                                                                       \
+    X(test_scope)                                                                                  \
+    X(test_release)                                                                                \
+    X(test_expiry_and_abandon)                                                                     \
+    X(test_complete_in_tx)                                                                         \
+    X(test_race)
+
+#define LITE_TEST(t) cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_sqlite),
+#define PG_TEST(t)   cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_pg),
+
+int main(void)
+{
+    const struct CMUnitTest lite[] = { TESTS(LITE_TEST) };
+    const struct CMUnitTest pg[] = { TESTS(PG_TEST) };
+    const char *lvl = getenv("GR_TEST_LOG");
+    int failed = 0;
+    char err[256];
+
+    gr_log_setup("test_idem", lvl ? gr_log_level_parse(lvl) : GR_LOG_OFF, true);
+    failed += cmocka_run_group_tests_name("idem_sqlite", lite, NULL, NULL);
+    pg_base = getenv("GR_TEST_PG_URL");
+    if (pg_base && *pg_base) {
+        if (gr_db_open(pg_base, NULL, &pg_admin, err, sizeof(err)) != 0 ||
+            gr_db_ping(pg_admin) != 0) {
+            fprintf(stderr, "GR_TEST_PG_URL unusable: %s\n", err);
+            return 1;
+        }
+        failed += cmocka_run_group_tests_name("idem_pg", pg, NULL, NULL);
+        gr_db_close(pg_admin);
+    } else {
+        fprintf(stderr, "GR_TEST_PG_URL not set: PostgreSQL tests skipped\n");
+    }
+    return failed ? 1 : 0;
+}
