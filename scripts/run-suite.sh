@@ -51,6 +51,17 @@ for dir in services/*/tests/http; do
     done
 done
 
+if [ -x "$B/bin/14-event-bus-service" ]; then
+    for engine in sqlite pg; do
+        url=; [ "$engine" = pg ] && url=$pg_url
+        run "14-event-bus-service push ($engine)" "$PY" \
+            services/14-event-bus-service/tests/push/run_push_test.py --bin "$B/bin/14-event-bus-service" \
+            --jwt-tool "$B/bin/gr-jwt" --engine "$engine" ${url:+--pg-url "$url"}
+    done
+    run "bus: outbox -> 14 -> inbox (sqlite)" "$PY" tests/bus/test-outbox.py "$B"
+    run "bus: outbox -> 14 -> inbox (pg)" "$PY" tests/bus/test-outbox.py "$B" "$pg_url"
+fi
+
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED in $B: ${failed[*]}"
     exit 1
