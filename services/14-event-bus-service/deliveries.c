@@ -282,18 +282,16 @@ static json_t *read_seqs(struct gr_req *req, struct gr_resp *resp, const char *c
 {
     struct gr_json_rd r = eb_rd(req, resp);
     json_t *seqs = NULL;
-    size_t i;
-    json_t *v;
 
     (void)gr_json_only(&r, req->json, "", allowed);
     (void)gr_json_arr(&r, req->json, "", "seqs", GR_JSON_REQUIRED, EB_SEQS_MAX, &seqs, NULL);
-    if (seqs != NULL)
-        json_array_foreach(seqs, i, v)
-        {
-            if (!json_is_integer(v) || json_integer_value(v) < 1)
-                gr_resp_field_error(req, resp, gr_json_ptr_idx(req->arena, "/seqs", i),
-                                    "must be a positive integer");
-        }
+    for (size_t i = 0; i < json_array_size(seqs); i++) {
+        json_t *v = json_array_get(seqs, i);
+
+        if (!json_is_integer(v) || json_integer_value(v) < 1)
+            gr_resp_field_error(req, resp, gr_json_ptr_idx(req->arena, "/seqs", i),
+                                "must be a positive integer");
+    }
     return seqs;
 }
 
@@ -311,9 +309,10 @@ int eb_subs_ack(struct gr_req *req, struct gr_resp *resp)
     rc = load_sub(req, resp, &sub);
     if (rc < 0)
         return rc;
-    json_array_foreach(seqs, i, v)
-    {
+    for (i = 0; i < json_array_size(seqs); i++) {
         long long n = 0;
+
+        v = json_array_get(seqs, i);
         rc = gr_db_exec(
             req->db,
             "UPDATE deliveries SET state = 'acked' WHERE subscription_id = $1"
@@ -347,9 +346,10 @@ int eb_subs_nak(struct gr_req *req, struct gr_resp *resp)
     rc = gr_req_begin(req);
     if (rc < 0)
         return rc;
-    json_array_foreach(seqs, i, v)
-    {
+    for (i = 0; i < json_array_size(seqs); i++) {
         long long n = 0;
+
+        v = json_array_get(seqs, i);
         rc = eb_fail(req->db, req->arena, &sub, json_integer_value(v), delay, now, &n);
         if (rc < 0)
             return rc;
