@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run-suite.sh BUILD_DIR - runs every test against one build: gr unit tests (SQLite, and
 # PostgreSQL through GR_TEST_PG_URL), the gravity supervisor test, and every service's
-# black-box HTTP cases on SQLite and on a real PostgreSQL that this script starts and stops.
+# black-box HTTP cases on SQLite and on a real PostgreSQL, and the bus tests against 14 and a
+# real nats-server; PostgreSQL and nats-server are started and stopped by this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:?usage: run-suite.sh BUILD_DIR}
@@ -10,7 +11,11 @@ PY=/usr/bin/python3
 
 tmp=$(mktemp -d /tmp/gravity-test.XXXXXX)
 chmod 755 "$tmp"
-cleanup() { scripts/pg.sh stop "$tmp/pg" >/dev/null 2>&1 || true; rm -rf "$tmp"; }
+cleanup() {
+    scripts/pg.sh stop "$tmp/pg" >/dev/null 2>&1 || true
+    scripts/nats.sh stop "$tmp/nats" >/dev/null 2>&1 || true
+    rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
@@ -21,6 +26,10 @@ export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/scripts/lsan.supp:print_su
 echo "-- starting PostgreSQL"
 pg_url=$(scripts/pg.sh start "$tmp/pg")
 export GR_TEST_PG_URL=$pg_url
+echo "-- starting nats-server"
+nats_url=$(scripts/nats.sh start "$tmp/nats")
+export GR_TEST_NATS_URL=$nats_url
+export GR_TEST_NATS_DIR=$tmp/nats # lets test_bus_nats restart it (reconnect test)
 
 failed=()
 run() { # name, command...

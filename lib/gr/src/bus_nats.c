@@ -79,7 +79,6 @@ struct nats_be {
     pthread_mutex_t pub_mu; /* guards batch against the acknowledgment callback */
     pthread_cond_t pub_cv;  /* signalled by each acknowledgment of the batch */
     struct pub_batch *batch;
-    atomic_bool closing;
 
     /* Consumer thread only. */
     natsSubscription *sub;
@@ -788,7 +787,18 @@ static void nats_close(struct gr_bus_backend *bb)
     if (!bb)
         return;
     be = bb->impl;
-    atomic_store(&be->closing, true);
+    if (be->js_pub) {
+        /* Acknowledgments of a timed-out batch may still be on their way to on_puback, which
+         * uses @be: wait a little for them, then take back the rest so none is delivered. */
+        natsMsgList pending = { 0 };
+        jsPubOptions po;
+
+        jsPubOptions_Init(&po);
+        po.MaxWait = 200;
+        if (js_PublishAsyncComplete(be->js_pub, &po) != NATS_OK &&
+            js_PublishAsyncGetPendingList(&pending, be->js_pub) == NATS_OK)
+            natsMsgList_Destroy(&pending);
+    }
     if (be->sub)
         natsSubscription_Destroy(be->sub);
     clear_sub_params(be);
@@ -817,12 +827,12 @@ static const struct gr_bus_backend_ops nats_ops = {
 
 /* ---- connection -------------------------------------------------------------------------- */
 
+/* Connection callbacks run on a libnats thread, possibly after close: no closure, and the
+ * connection object (kept alive by libnats for the callback) tells a close from a loss. */
 static void on_disconnected(natsConnection *nc, void *closure)
 {
-    struct nats_be *be = closure;
-
-    (void)nc;
-    if (!atomic_load(&be->closing))
+    (void)closure;
+    if (!natsConnection_IsClosed(nc))
         gr_log_warn("nats connection lost, reconnecting");
 }
 
@@ -870,7 +880,7 @@ int gr_bus_nats_open(const char *url, struct gr_bus_backend **out, char *err, si
     if (s == NATS_OK)
         s = natsOptions_SetMaxPingsOut(o, 2);
     if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(o, on_disconnected, be);
+        s = natsOptions_SetDisconnectedCB(o, on_disconnected, NULL);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectedCB(o, on_reconnected, NULL);
     /* A broker that is down at start-up is retried in the background like a lost one. */
