@@ -43,6 +43,7 @@
 #define NAK_DELAY_MAX_MS  30000
 #define INBOX_KEEP_DAYS   7
 #define INBOX_PURGE_EVERY 1000
+#define PENDING_EVERY_MS  1000
 
 /* ---- tables ------------------------------------------------------------------------------ */
 
@@ -84,7 +85,8 @@ struct gr_bus {
     bool kick, stop;
     struct gr_gauge *pending;
     struct gr_counter *published, *applied, *failed;
-    uint64_t rnd;
+    uint64_t rnd;       /* seed of the threads' own backoff jitter; set before they start */
+    int64_t pending_at; /* relay thread: when outbox_pending was last refreshed */
 };
 
 static struct gr_bus *the_bus;
@@ -253,8 +255,12 @@ out:
 
 /* ---- relay --------------------------------------------------------------------------------- */
 
-/* Waits for a kick, stop or @ms; returns true when stopping. */
-static bool bus_wait(struct gr_bus *b, int ms)
+/*
+ * Waits @ms, or less when @kickable and a commit kicks the relay; returns true when stopping.
+ * Backoff waits are not kickable: under load every commit kicks, and a broker that is down
+ * must not be retried once per commit.
+ */
+static bool bus_wait(struct gr_bus *b, int ms, bool kickable)
 {
     struct timespec ts;
     bool stop;
@@ -267,7 +273,7 @@ static bool bus_wait(struct gr_bus *b, int ms)
         ts.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&b->mu);
-    while (!b->kick && !b->stop)
+    while (!(kickable && b->kick) && !b->stop)
         if (pthread_cond_timedwait(&b->cv, &b->mu, &ts) == ETIMEDOUT)
             break;
     b->kick = false;
@@ -286,24 +292,27 @@ static bool stopping(struct gr_bus *b)
     return s;
 }
 
-static int backoff_ms(struct gr_bus *b, int *cur)
+/* The next jittered backoff pause after *@cur; @rnd is the calling thread's own state. */
+static int backoff_ms(uint64_t *rnd, int *cur)
 {
-    int ms;
-
     *cur = *cur ? *cur * 2 : BACKOFF_MIN_MS;
     if (*cur > BACKOFF_MAX_MS)
         *cur = BACKOFF_MAX_MS;
-    b->rnd ^= b->rnd << 13;
-    b->rnd ^= b->rnd >> 7;
-    b->rnd ^= b->rnd << 17;
-    ms = *cur / 2 + (int)(b->rnd % (uint64_t)(*cur / 2 + 1));
-    return ms;
+    *rnd ^= *rnd << 13;
+    *rnd ^= *rnd >> 7;
+    *rnd ^= *rnd << 17;
+    return *cur / 2 + (int)(*rnd % (uint64_t)(*cur / 2 + 1));
 }
 
+/* Refreshes the outbox_pending gauge, at most once per PENDING_EVERY_MS. */
 static void update_pending(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a)
 {
     struct gr_db_rows *r = NULL;
+    int64_t now = gr_time_mono_ms();
 
+    if (!c || now - b->pending_at < PENDING_EVERY_MS)
+        return;
+    b->pending_at = now;
     if (b->pending &&
         gr_db_query(c, a, "SELECT COUNT(*) FROM outbox WHERE failed_at IS NULL", NULL, 0, &r) == 0)
         gr_gauge_set(b->pending, (double)gr_db_int(r, 0, 0));
@@ -390,6 +399,7 @@ static void *relay_main(void *arg)
     struct gr_bus *b = arg;
     struct gr_arena a = GR_ARENA_INIT;
     struct gr_db_conn *c = NULL;
+    uint64_t rnd = b->rnd;
     int back = 0;
 
     while (!stopping(b)) {
@@ -404,16 +414,16 @@ static void *relay_main(void *arg)
             continue; /* maybe more */
         }
         if (rc < 0) {
-            int ms = backoff_ms(b, &back);
+            int ms = backoff_ms(&rnd, &back);
 
             if (back >= BACKOFF_MAX_MS || back == BACKOFF_MIN_MS)
                 gr_log_warn("event relay cannot publish, retrying", "code", gr_err_name(rc));
-            if (bus_wait(b, ms))
+            if (bus_wait(b, ms, false))
                 break;
             continue;
         }
         back = 0;
-        if (bus_wait(b, RELAY_POLL_MS))
+        if (bus_wait(b, RELAY_POLL_MS, true))
             break;
     }
     gr_arena_release(&a);
@@ -483,6 +493,7 @@ static void *consumer_main(void *arg)
     struct gr_arena a = GR_ARENA_INIT;
     struct gr_db_conn *c = NULL;
     bool bound = false;
+    uint64_t rnd = b->rnd * 0x9e3779b97f4a7c15ULL | 1;
     int back = 0;
     unsigned long done = 0;
 
@@ -498,12 +509,12 @@ static void *consumer_main(void *arg)
         if (rc == 0)
             rc = b->sub->ops->pull(b->sub, &a, CONSUMER_BATCH, CONSUMER_WAIT_MS, &in);
         if (rc < 0) {
-            int ms = backoff_ms(b, &back);
+            int ms = backoff_ms(&rnd, &back);
 
             if (back >= BACKOFF_MAX_MS || back == BACKOFF_MIN_MS)
                 gr_log_warn("event consumer cannot pull, retrying", "code", gr_err_name(rc));
             gr_arena_release(&a);
-            if (bus_wait(b, ms))
+            if (bus_wait(b, ms, false))
                 break;
             continue;
         }
