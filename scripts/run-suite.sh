@@ -29,7 +29,9 @@ export GR_TEST_PG_URL=$pg_url
 echo "-- starting nats-server"
 nats_url=$(scripts/nats.sh start "$tmp/nats")
 export GR_TEST_NATS_URL=$nats_url
-export GR_TEST_NATS_DIR=$tmp/nats # lets test_bus_nats restart it (reconnect test)
+export GR_TEST_NATS_DIR=$tmp/nats # lets test_bus_conformance restart it (outage test)
+export GR_TEST_BUS_BIN="$B/bin/14-event-bus-service" # test_bus_conformance starts 14 itself
+export GR_TEST_JWT_TOOL="$B/bin/gr-jwt"
 
 failed=()
 run() { # name, command...

@@ -20,12 +20,16 @@
 #define RESP_MAX  (32u * 1024 * 1024) /* bytes of one response body */
 #define URL_MAX   1024
 #define TOKEN_MAX 8192
+#define PULL_MAX  1000  /* 14's bounds of one pull: max 1..1000 */
+#define WAIT_MAX  30000 /* and wait_ms 0..30000 */
 
 struct hb {
     CURL *curl;
     char base[URL_MAX];   /* http://host:port (no trailing slash) */
     char auth[TOKEN_MAX]; /* "Authorization: Bearer …" or "" */
     char sub_id[64];      /* the bound subscription's id */
+    char *sub_req;        /* the subscription's POST body, to bind again if it was deleted */
+    char durable[128];    /* its name, for the log */
     struct gr_buf resp;
     bool too_big;
 };
@@ -129,37 +133,23 @@ static int h_publish(struct gr_bus_backend *b, const struct gr_bus_out *ev, size
     return status_err(st);
 }
 
-static int h_subscribe(struct gr_bus_backend *b, const char *durable, const struct gr_sub *subs,
-                       size_t nsubs, const struct gr_sub_opts *opts, int timeout_ms)
+/* Creates or binds the subscription described by h->sub_req; its id into h->sub_id. */
+static int sub_bind(struct hb *h, int timeout_ms)
 {
-    struct hb *h = b->impl;
-    json_t *o = json_object(), *filters = json_array(), *r;
-    char *txt;
+    json_t *r;
     long st = 0;
     int rc;
 
-    for (size_t i = 0; i < nsubs; i++)
-        json_array_append_new(filters, json_string(subs[i].type));
-    json_object_set_new(o, "name", json_string(durable));
-    json_object_set_new(o, "type_filters", filters);
-    json_object_set_new(o, "mode", json_string("pull"));
-    json_object_set_new(o, "ack_wait_s",
-                        json_integer(opts->ack_wait_s > 0 ? opts->ack_wait_s : 30));
-    json_object_set_new(o, "max_deliver",
-                        json_integer(opts->max_deliver > 0 ? opts->max_deliver : 5));
-    txt = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!txt)
-        return GR_EINTERNAL;
-    rc = post(h, "/api/v1/event-subscriptions", "application/json", txt, strlen(txt), timeout_ms,
-              &st);
-    free(txt);
+    rc = post(h, "/api/v1/event-subscriptions", "application/json", h->sub_req, strlen(h->sub_req),
+              timeout_ms, &st);
     if (rc < 0)
         return rc;
     if (st != 200 && st != 201) {
-        gr_log_error("event bus subscription refused", "durable", durable, "status",
+        gr_log_error("event bus subscription refused", "durable", h->durable, "status",
                      st == 409 ? "409 (settings differ from the existing one)" : "other");
-        return status_err(st) == GR_EVALID ? GR_ECONFLICT : GR_EUNAVAIL;
+        /* 409: a subscription of this name with other settings exists (permanent until it
+         * is changed or deleted on 14); 400/422: refused filters; the rest may pass. */
+        return st == 409 ? GR_ECONFLICT : status_err(st);
     }
     r = json_loadb(gr_buf_cstr(&h->resp), h->resp.len, 0, NULL);
     if (!json_is_string(json_object_get(r, "id"))) {
@@ -169,6 +159,34 @@ static int h_subscribe(struct gr_bus_backend *b, const char *durable, const stru
     snprintf(h->sub_id, sizeof(h->sub_id), "%s", json_string_value(json_object_get(r, "id")));
     json_decref(r);
     return 0;
+}
+
+static int h_subscribe(struct gr_bus_backend *b, const char *durable, const struct gr_sub *subs,
+                       size_t nsubs, const struct gr_sub_opts *opts, int timeout_ms)
+{
+    struct hb *h = b->impl;
+    json_t *o = json_object(), *filters = json_array();
+    char *txt;
+
+    for (size_t i = 0; i < nsubs; i++)
+        json_array_append_new(filters, json_string(subs[i].type));
+    json_object_set_new(o, "name", json_string(durable));
+    json_object_set_new(o, "type_filters", filters);
+    json_object_set_new(o, "mode", json_string("pull"));
+    json_object_set_new(o, "ack_wait_s",
+                        json_integer(opts && opts->ack_wait_s > 0 ? opts->ack_wait_s : 30));
+    json_object_set_new(o, "max_deliver",
+                        json_integer(opts && opts->max_deliver > 0 ? opts->max_deliver : 5));
+    txt = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!txt)
+        return GR_EINTERNAL;
+    gr_free(h->sub_req);
+    h->sub_req = gr_xstrdup(txt);
+    snprintf(h->durable, sizeof(h->durable), "%s", durable);
+    free(txt);
+    h->sub_id[0] = '\0';
+    return sub_bind(h, timeout_ms);
 }
 
 static int h_pull(struct gr_bus_backend *b, struct gr_arena *a, size_t max, int wait_ms,
@@ -183,15 +201,25 @@ static int h_pull(struct gr_bus_backend *b, struct gr_arena *a, size_t max, int 
     int rc;
 
     *out = NULL;
-    if (!h->sub_id[0])
-        return GR_EINTERNAL;
+    if (!h->sub_id[0]) {
+        if (!h->sub_req)
+            return GR_EINTERNAL; /* pull before subscribe */
+        rc = sub_bind(h, 5000);  /* it was deleted on 14: bind (create) it again */
+        if (rc < 0)
+            return rc;
+    }
+    /* 14 refuses a pull outside these bounds (422), which would fail every poll. */
+    if (max == 0 || max > PULL_MAX)
+        max = max == 0 ? 1 : PULL_MAX;
+    if (wait_ms < 0 || wait_ms > WAIT_MAX)
+        wait_ms = wait_ms < 0 ? 0 : WAIT_MAX;
     snprintf(path, sizeof(path), "/api/v1/event-subscriptions/%s/pull", h->sub_id);
     snprintf(body, sizeof(body), "{\"max\":%zu,\"wait_ms\":%d}", max, wait_ms);
     rc = post(h, path, "application/json", body, strlen(body), wait_ms + 5000, &st);
     if (rc < 0)
         return rc;
     if (st == 404)
-        h->sub_id[0] = '\0'; /* deleted: bind again */
+        h->sub_id[0] = '\0'; /* deleted: bind again at the next pull */
     if (st != 200)
         return GR_EUNAVAIL;
     r = json_loadb(gr_buf_cstr(&h->resp), h->resp.len, 0, NULL);
@@ -274,6 +302,7 @@ static void h_close(struct gr_bus_backend *b)
 
     curl_easy_cleanup(h->curl);
     gr_buf_release(&h->resp);
+    gr_free(h->sub_req);
     gr_free(h);
     gr_free(b);
 }
