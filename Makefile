@@ -4,6 +4,8 @@
 #   make bench   load benchmarks (not part of make test)
 #   make fuzz    libFuzzer targets, FUZZ_SECONDS each (default 60)
 #   make check   format, banned-function and static checks
+#   make chaos   kill -9 chaos of the bus: CHAOS_EVENTS events, CHAOS_KILLS kills per backend
+#                (CHAOS_PG_URL= adds PostgreSQL)
 
 SAN ?=
 ifeq ($(SAN),asan)
@@ -43,7 +45,7 @@ UNIT_SRC      := $(wildcard lib/gr/tests/unit/test_*.c)
 UNIT_BINS     := $(UNIT_SRC:lib/gr/tests/unit/%.c=$(BUILD)/tests/%)
 GRAVITY_SRC   := $(wildcard cmd/gravity/*.c)
 
-.PHONY: all deps run test unit http bench fuzz check clean services tools
+.PHONY: all deps run test unit http bench chaos fuzz check clean services tools
 .DEFAULT_GOAL := all
 
 all: $(GR_LIB) $(SERVICE_BINS) $(TOOL_BINS) $(UNIT_BINS) $(BUILD)/bin/gravity
@@ -102,6 +104,17 @@ unit: all
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@bench/run.sh
+	@BUILD=$(BUILD) bench/bus.sh
+
+CHAOS_EVENTS ?= 100000
+CHAOS_KILLS  ?= 20
+chaos: deps
+	@$(MAKE) --no-print-directory all
+	@set -e; for be in http nats; do \
+	    $(PY) tests/bus/chaos.py $(BUILD) --backend $$be --events $(CHAOS_EVENTS) --kills $(CHAOS_KILLS); \
+	    if [ -n "$(CHAOS_PG_URL)" ]; then $(PY) tests/bus/chaos.py $(BUILD) --backend $$be \
+	        --events $(CHAOS_EVENTS) --kills $(CHAOS_KILLS) --pg-url "$(CHAOS_PG_URL)"; fi; \
+	done
 
 fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -73,6 +73,14 @@ if [ -x "$B/bin/14-event-bus-service" ]; then
     run "bus: outbox -> 14 -> inbox (pg)" "$PY" tests/bus/test-outbox.py "$B" "$pg_url"
 fi
 
+if [ -x "$B/bin/gr-bus-probe" ]; then
+    # kill -9 chaos, short: 5000 events, 4 kills of the relay, the consumer or the broker.
+    for be in http nats; do
+        run "bus chaos $be (sqlite)" "$PY" tests/bus/chaos.py "$B" --backend "$be" --events 5000 --kills 4
+        run "bus chaos $be (pg)" "$PY" tests/bus/chaos.py "$B" --backend "$be" --events 5000 --kills 4 --pg-url "$pg_url"
+    done
+fi
+
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED in $B: ${failed[*]}"
     exit 1

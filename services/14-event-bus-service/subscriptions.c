@@ -1,6 +1,8 @@
 /*
  * subscriptions.c - durable subscriptions: create (idempotent by name, so a service binds its
- * subscription at every start-up), list, get and delete. A subscription created with start
+ * subscription at every start-up; a pull subscription whose owner now asks for other filters,
+ * ordering, ack_wait or max_deliver is updated in place, like a JetStream durable consumer),
+ * list, get and delete. A subscription created with start
  * "all" gets a pending delivery for every stored event that matches its filters; later events
  * reach it through the publish fan-out (events.c).
  */
@@ -145,18 +147,59 @@ static void read_sub(struct gr_req *req, struct gr_resp *resp, struct sub_in *in
         gr_resp_field_error(req, resp, "/start", "must be all or new");
 }
 
-static bool same_settings(const struct sub_in *in, const struct gr_db_rows *rows)
+/* Same delivery target: the mode and push URL, which an existing name can never change. */
+static bool same_target(const struct sub_in *in, const struct gr_db_rows *rows)
 {
     const char *url = gr_db_text(rows, 0, SC_URL);
 
-    return strcmp(in->filters_text, gr_db_text(rows, 0, SC_FILTERS)) == 0 &&
-           strcmp(in->mode, gr_db_text(rows, 0, SC_MODE)) == 0 &&
+    return strcmp(in->mode, gr_db_text(rows, 0, SC_MODE)) == 0 &&
            ((in->push_url == NULL && url == NULL) ||
-            (in->push_url != NULL && url != NULL && strcmp(in->push_url, url) == 0)) &&
+            (in->push_url != NULL && url != NULL && strcmp(in->push_url, url) == 0));
+}
+
+static bool same_settings(const struct sub_in *in, const struct gr_db_rows *rows)
+{
+    return same_target(in, rows) &&
+           strcmp(in->filters_text, gr_db_text(rows, 0, SC_FILTERS)) == 0 &&
            in->ordered == (gr_db_int(rows, 0, SC_ORDERED) != 0) &&
            in->ack_wait_s == gr_db_int(rows, 0, SC_ACK_WAIT) &&
-           in->max_deliver == gr_db_int(rows, 0, SC_MAX_DELIVER) &&
-           strcmp(in->start, gr_db_text(rows, 0, SC_START)) == 0;
+           in->max_deliver == gr_db_int(rows, 0, SC_MAX_DELIVER);
+}
+
+static int insert_filters(struct gr_req *req, const char *id, json_t *filters);
+
+/*
+ * Updates the pull subscription @id to the settings @in: new filters, ordering, ack_wait and
+ * max_deliver. Pending and in-flight deliveries of types it no longer matches are dropped;
+ * events of newly matched types reach it from now on (no back-fill, as with a JetStream
+ * consumer whose filter changes). Acked and dead deliveries stay as they are.
+ */
+static int update_sub(struct gr_req *req, const char *id, const struct sub_in *in)
+{
+    int rc;
+
+    rc = gr_db_exec(req->db,
+                    "UPDATE subscriptions SET type_filters = $2, ordered = $3, ack_wait_s = $4,"
+                    " max_deliver = $5 WHERE id = $1",
+                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(in->filters_text),
+                                          GR_DB_INT(in->ordered), GR_DB_INT(in->ack_wait_s),
+                                          GR_DB_INT(in->max_deliver) },
+                    5, NULL);
+    if (rc == 0)
+        rc = gr_db_exec(req->db, "DELETE FROM subscription_filters WHERE subscription_id = $1",
+                        (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, NULL);
+    if (rc == 0)
+        rc = insert_filters(req, id, in->filters);
+    if (rc == 0)
+        rc = gr_db_exec(
+            req->db,
+            "DELETE FROM deliveries WHERE subscription_id = $1 AND state IN ('pending', 'inflight')"
+            " AND seq IN (SELECT e.seq FROM events e WHERE NOT EXISTS (SELECT 1 FROM"
+            " subscription_filters f WHERE f.subscription_id = $1"
+            " AND ((f.is_prefix = 0 AND f.pattern = e.type) OR (f.is_prefix = 1"
+            " AND substr(e.type, 1, length(f.pattern)) = f.pattern))))",
+            (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, NULL);
+    return rc;
 }
 
 static int insert_filters(struct gr_req *req, const char *id, json_t *filters)
@@ -203,9 +246,23 @@ int eb_subs_create(struct gr_req *req, struct gr_resp *resp)
     if (rc < 0)
         return rc;
     if (gr_db_nrows(rows) > 0) {
-        if (!same_settings(&in, rows))
+        const char *sid = gr_db_text(rows, 0, SC_ID);
+
+        if (same_settings(&in, rows)) {
+            gr_resp_json(resp, 200, sub_json(rows, 0));
+            return 0;
+        }
+        if (!same_target(&in, rows) || strcmp(in.mode, "pull") != 0)
             return gr_resp_problem(req, resp, GR_ECONFLICT, "subscription_exists",
-                                   "subscription '%s' exists with other settings", in.name);
+                                   "subscription '%s' exists with another mode or push_url",
+                                   in.name);
+        rc = update_sub(req, sid, &in);
+        if (rc == 0)
+            rc = gr_db_query(req->db, req->arena,
+                             "SELECT " SUB_COLS " FROM subscriptions WHERE id = $1",
+                             (struct gr_db_val[]){ GR_DB_TEXT(sid) }, 1, &rows);
+        if (rc < 0)
+            return rc;
         gr_resp_json(resp, 200, sub_json(rows, 0));
         return 0;
     }
