@@ -78,6 +78,8 @@ if [ -x "$B/bin/gr-bus-probe" ]; then
     for be in http nats; do
         run "bus chaos $be (sqlite)" "$PY" tests/bus/chaos.py "$B" --backend "$be" --events 5000 --kills 4
         run "bus chaos $be (pg)" "$PY" tests/bus/chaos.py "$B" --backend "$be" --events 5000 --kills 4 --pg-url "$pg_url"
+        run "bus poison event $be (sqlite)" "$PY" tests/bus/test-poison.py "$B" --backend "$be"
+        run "bus poison event $be (pg)" "$PY" tests/bus/test-poison.py "$B" --backend "$be" --pg-url "$pg_url"
     done
 fi
 

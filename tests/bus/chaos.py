@@ -218,7 +218,8 @@ def pg_db_url(admin_url, name):
 class Stack:
     """Broker + producer + consumer for one backend; everything it starts, it stops."""
 
-    def __init__(self, build, backend, tmp, pg_url=None, ack_wait_s=5, log_level="warn"):
+    def __init__(self, build, backend, tmp, pg_url=None, ack_wait_s=5, log_level="warn",
+                 consumer_env=None):
         self.build, self.backend, self.tmp, self.pg_url = build, backend, tmp, pg_url
         self.pg_dbs = []
         jwks, self.token = mint(build, tmp)
@@ -230,6 +231,7 @@ class Stack:
         self.producer = None
         self.consumer = None
         self.ack_wait_s = ack_wait_s
+        self.consumer_env = consumer_env or {}
 
     def _env(self, role):
         env = dict(self.base)
@@ -260,6 +262,7 @@ class Stack:
         cenv.update(bus_env)
         cenv["PROBE_MODE"] = "consumer"
         cenv["PROBE_ACK_WAIT_S"] = str(self.ack_wait_s)
+        cenv.update(self.consumer_env)
         self.producer = Proc("producer", probe, self.tmp, penv)
         self.consumer = Proc("consumer", probe, self.tmp, cenv)
         self.producer.start()

@@ -84,7 +84,7 @@ struct gr_bus {
     pthread_cond_t cv;
     bool kick, stop;
     struct gr_gauge *pending;
-    struct gr_counter *published, *applied, *failed;
+    struct gr_counter *published, *applied, *failed, *naked;
     uint64_t rnd;       /* seed of the threads' own backoff jitter; set before they start */
     int64_t pending_at; /* relay thread: when outbox_pending was last refreshed */
 };
@@ -441,39 +441,78 @@ static bool sub_matches(const char *pattern, const char *type)
     return strcmp(pattern, type) == 0;
 }
 
-/* Applies one delivery: 0 applied or duplicate (ack), < 0 failed (nak). */
-static int apply(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a,
-                 const struct gr_event *ev)
+/*
+ * Applies one delivery inside the batch's open transaction, behind a savepoint: 0 applied or
+ * found in the inbox (ack), < 0 the handler failed and its work was undone (nak). *@broken is
+ * set when the savepoint could not be rolled back: the whole transaction is lost.
+ */
+static int apply_one(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a,
+                     const struct gr_event *ev, const char *now, bool *broken)
 {
     const struct gr_bus_cfg *cfg = b->cfg;
     const struct gr_sub *sub = NULL;
-    char now[GR_TIME_STR_LEN];
     int rc;
 
     for (size_t i = 0; i < cfg->nsubs && !sub; i++)
         if (sub_matches(cfg->subs[i].type, ev->type))
             sub = &cfg->subs[i];
-    gr_time_format(gr_time_now_ms(), now);
-    rc = gr_db_begin(c);
-    if (rc < 0)
+    rc = gr_db_savepoint(c);
+    if (rc < 0) {
+        *broken = true;
         return rc;
+    }
     rc = gr_db_exec(c,
                     "INSERT INTO inbox (event_id, source, type, received_at)"
                     " VALUES ($1, $2, $3, $4)",
                     (struct gr_db_val[]){ GR_DB_TEXT(ev->id), GR_DB_TEXT(ev->source),
                                           GR_DB_TEXT(ev->type), GR_DB_TEXT(now) },
                     4, NULL);
-    if (rc == GR_ECONFLICT) {
-        (void)gr_db_rollback(c);
-        return 0; /* applied before: a redelivery */
-    }
     if (rc == 0 && sub)
         rc = sub->handler(c, a, ev, cfg->app ? *cfg->app : NULL);
-    if (rc < 0) {
-        (void)gr_db_rollback(c);
+    if (rc == 0) {
+        rc = gr_db_savepoint_release(c);
+        if (rc < 0)
+            *broken = true;
         return rc;
     }
-    return gr_db_commit(c);
+    if (gr_db_savepoint_rollback(c) < 0) {
+        *broken = true;
+        return rc;
+    }
+    return rc == GR_ECONFLICT ? 0 : rc; /* a conflict on the inbox: applied before */
+}
+
+/*
+ * Applies the @n deliveries @in in one transaction (one commit for the batch), writing each
+ * one's result to @res: 0 to ack, < 0 to nak. A failed commit naks them all.
+ */
+static void apply_batch(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a,
+                        struct gr_bus_in *in, int n, int *res)
+{
+    char now[GR_TIME_STR_LEN];
+    bool broken = false;
+    int rc;
+
+    gr_time_format(gr_time_now_ms(), now);
+    rc = gr_db_begin(c);
+    for (int i = 0; i < n; i++) {
+        if (rc < 0 || broken) {
+            res[i] = rc < 0 ? rc : GR_EDB;
+            continue;
+        }
+        res[i] = apply_one(b, c, a, &in[i].ev, now, &broken);
+    }
+    if (rc < 0)
+        return;
+    if (broken) {
+        (void)gr_db_rollback(c);
+        rc = GR_EDB;
+    } else {
+        rc = gr_db_commit(c);
+    }
+    if (rc < 0)
+        for (int i = 0; i < n; i++)
+            res[i] = res[i] < 0 ? res[i] : rc;
 }
 
 static void inbox_purge(struct gr_db_conn *c)
@@ -484,6 +523,44 @@ static void inbox_purge(struct gr_db_conn *c)
     if (gr_db_exec(c, "DELETE FROM inbox WHERE received_at < $1",
                    (struct gr_db_val[]){ GR_DB_TEXT(cut) }, 1, NULL) < 0)
         gr_log_warn("cannot purge the inbox");
+}
+
+/* Applies a pulled batch, then acks (in one call when the backend can) and naks. */
+static void consume(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a,
+                    struct gr_bus_in *in, int n)
+{
+    const struct gr_bus_backend_ops *ops = b->sub->ops;
+    int *res = gr_arena_calloc(a, (size_t)n * sizeof(*res));
+    struct gr_bus_in **acks = gr_arena_calloc(a, (size_t)n * sizeof(*acks));
+    size_t nack = 0;
+
+    apply_batch(b, c, a, in, n, res);
+    for (int i = 0; i < n; i++)
+        if (res[i] == 0)
+            acks[nack++] = &in[i];
+    if (ops->ack_many && nack > 0) {
+        (void)ops->ack_many(b->sub, acks, nack);
+    } else {
+        for (size_t i = 0; i < nack; i++)
+            (void)ops->ack(b->sub, acks[i]);
+    }
+    if (b->applied && nack > 0)
+        gr_counter_add(b->applied, nack);
+    for (int i = 0; i < n; i++) {
+        if (res[i] < 0) {
+            int delay = BACKOFF_MIN_MS << (in[i].ev.attempt < 9 ? in[i].ev.attempt : 9);
+
+            if (delay > NAK_DELAY_MAX_MS)
+                delay = NAK_DELAY_MAX_MS;
+            gr_log_warn("event handler failed, redelivery asked", "event_id", in[i].ev.id, "type",
+                        in[i].ev.type, "code", gr_err_name(res[i]));
+            (void)ops->nak(b->sub, &in[i], delay);
+            if (b->naked)
+                gr_counter_add(b->naked, 1);
+        }
+        if (ops->release)
+            ops->release(b->sub, &in[i]);
+    }
 }
 
 static void *consumer_main(void *arg)
@@ -519,26 +596,11 @@ static void *consumer_main(void *arg)
             continue;
         }
         back = 0;
-        for (int i = 0; i < rc; i++) {
-            int arc = apply(b, c, &a, &in[i].ev);
-
-            if (arc == 0) {
-                (void)b->sub->ops->ack(b->sub, &in[i]);
-                if (b->applied)
-                    gr_counter_add(b->applied, 1);
-            } else {
-                int delay = BACKOFF_MIN_MS << (in[i].ev.attempt < 9 ? in[i].ev.attempt : 9);
-
-                if (delay > NAK_DELAY_MAX_MS)
-                    delay = NAK_DELAY_MAX_MS;
-                gr_log_warn("event handler failed, redelivery asked", "event_id", in[i].ev.id,
-                            "type", in[i].ev.type, "code", gr_err_name(arc));
-                (void)b->sub->ops->nak(b->sub, &in[i], delay);
-            }
-            if (b->sub->ops->release)
-                b->sub->ops->release(b->sub, &in[i]);
-            if (++done % INBOX_PURGE_EVERY == 0)
-                inbox_purge(c);
+        if (rc > 0)
+            consume(b, c, &a, in, rc);
+        if (rc > 0 && (done += (unsigned long)rc) >= INBOX_PURGE_EVERY) {
+            done = 0;
+            inbox_purge(c);
         }
         gr_arena_release(&a);
     }
@@ -587,6 +649,8 @@ int gr_bus__start(struct gr_db *db, const struct gr_bus_cfg *cfg, struct gr_metr
             m, "outbox_failed_total", "Events the bus refused for good (left in the outbox)", NULL);
         b->applied = gr_metrics_counter(m, "inbox_applied_total",
                                         "Events consumed (applied or found in the inbox)", NULL);
+        b->naked = gr_metrics_counter(m, "inbox_failed_total",
+                                      "Deliveries whose handler failed (redelivery asked)", NULL);
     }
     rc = open_backend(cfg, &b->pub);
     if (rc == 0 && cfg->nsubs > 0)

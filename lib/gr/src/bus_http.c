@@ -272,6 +272,37 @@ static int h_ack(struct gr_bus_backend *b, struct gr_bus_in *in)
     return ack_or_nak(b->impl, "ack", (uint64_t)(uintptr_t)in->token, -1);
 }
 
+/* One POST …/ack for up to 1000 deliveries (14's limit per call). */
+static int h_ack_many(struct gr_bus_backend *b, struct gr_bus_in **in, size_t n)
+{
+    struct hb *h = b->impl;
+    struct gr_buf body = GR_BUF_INIT;
+    char path[160];
+    long st = 0;
+    int rc = 0;
+
+    if (!h->sub_id[0])
+        return GR_EINTERNAL;
+    snprintf(path, sizeof(path), "/api/v1/event-subscriptions/%s/ack", h->sub_id);
+    for (size_t off = 0; off < n && rc == 0; off += 1000) {
+        size_t end = n - off > 1000 ? off + 1000 : n;
+
+        gr_buf_reset(&body);
+        rc = gr_buf_puts(&body, "{\"seqs\":[");
+        for (size_t i = off; i < end && rc == 0; i++)
+            rc = gr_buf_printf(&body, "%s%llu", i > off ? "," : "",
+                               (unsigned long long)(uintptr_t)in[i]->token);
+        if (rc == 0)
+            rc = gr_buf_puts(&body, "]}");
+        if (rc == 0)
+            rc = post(h, path, "application/json", gr_buf_cstr(&body), body.len, 5000, &st);
+        if (rc == 0 && st != 200)
+            rc = GR_EUNAVAIL;
+    }
+    gr_buf_release(&body);
+    return rc < 0 ? rc : 0;
+}
+
 static int h_nak(struct gr_bus_backend *b, struct gr_bus_in *in, int delay_ms)
 {
     return ack_or_nak(b->impl, "nak", (uint64_t)(uintptr_t)in->token, delay_ms < 0 ? 0 : delay_ms);
@@ -313,6 +344,7 @@ static const struct gr_bus_backend_ops http_ops = {
     .subscribe = h_subscribe,
     .pull = h_pull,
     .ack = h_ack,
+    .ack_many = h_ack_many,
     .nak = h_nak,
     .release = NULL,
     .ping = h_ping,

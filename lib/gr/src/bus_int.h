@@ -55,6 +55,8 @@ struct gr_bus_backend_ops {
                 struct gr_bus_in **out);
     /* Acknowledges one delivery (applied, or a duplicate already in the inbox). */
     int (*ack)(struct gr_bus_backend *b, struct gr_bus_in *in);
+    /* Optional: acknowledges @n deliveries at once (one round trip). */
+    int (*ack_many)(struct gr_bus_backend *b, struct gr_bus_in **in, size_t n);
     /* Asks for redelivery after @delay_ms; the broker dead-letters after max_deliver. */
     int (*nak)(struct gr_bus_backend *b, struct gr_bus_in *in, int delay_ms);
     /* Releases what pull allocated outside the arena for this delivery (may be NULL). */

@@ -829,6 +829,35 @@ int gr_db_rollback(struct gr_db_conn *c)
     return rc;
 }
 
+int gr_db_savepoint(struct gr_db_conn *c)
+{
+    if (!c->tx)
+        return GR_EINTERNAL;
+    return run(c, NULL, "SAVEPOINT gr_sp", NULL, 0, NULL, NULL);
+}
+
+int gr_db_savepoint_release(struct gr_db_conn *c)
+{
+    if (!c->tx)
+        return GR_EINTERNAL;
+    return run(c, NULL, "RELEASE SAVEPOINT gr_sp", NULL, 0, NULL, NULL);
+}
+
+int gr_db_savepoint_rollback(struct gr_db_conn *c)
+{
+    int err = c->tx_err, rc;
+
+    if (!c->tx || c->lazy)
+        return GR_EINTERNAL;
+    c->tx_err = 0; /* the statements below must run */
+    rc = run(c, NULL, "ROLLBACK TO SAVEPOINT gr_sp", NULL, 0, NULL, NULL);
+    if (rc == 0)
+        rc = run(c, NULL, "RELEASE SAVEPOINT gr_sp", NULL, 0, NULL, NULL);
+    if (rc < 0 && c->tx && !c->tx_err)
+        c->tx_err = err ? err : rc;
+    return rc;
+}
+
 void gr_db_on_commit(struct gr_db_conn *c, void (*fn)(void *), void *arg)
 {
     c->on_commit = fn;

@@ -13,7 +13,9 @@
  *             increments n, so an event applied twice shows as n = 2. GET /stats[?from_k=K] →
  *             {"applied", "max_n", "twice", "max_k", "missing", "lat_p50_ms", "lat_p99_ms",
  *             "lat_max_ms"} (latency t_apply - t_emit over the rows with k >= from_k).
- *             PROBE_ACK_WAIT_S sets the subscription's ack wait (default the library's 30 s).
+ *             PROBE_ACK_WAIT_S sets the subscription's ack wait (default the library's 30 s),
+ *             PROBE_MAX_DELIVER its max_deliver; PROBE_POISON_K=k makes the handler fail on
+ *             the event with that k every time (a poison event, for the dead-letter test).
  *
  * Routes are public: this is a test tool bound to HOST (127.0.0.1 by default). Everything else
  * (EVENT_BUS, EVENT_BUS_URL, NATS_URL, SERVICE_TOKEN, DATA_DIR, DATABASE_URL, PORT) is gr_main's.
@@ -150,6 +152,8 @@ static const struct gr_migration consumer_migrations[] = {
     { NULL, NULL, NULL },
 };
 
+static long long poison_k = -1; /* PROBE_POISON_K; set before gr_main starts any thread */
+
 static int on_tick(struct gr_db_conn *db, struct gr_arena *a, const struct gr_event *ev, void *app)
 {
     json_t *d = json_loadb(ev->data, ev->data_len, 0, NULL);
@@ -166,6 +170,8 @@ static int on_tick(struct gr_db_conn *db, struct gr_arena *a, const struct gr_ev
     kv = (long long)json_integer_value(k);
     tv = (long long)json_integer_value(t);
     json_decref(d);
+    if (kv == poison_k)
+        return GR_EVALID; /* a poison event: fails on every delivery */
     return gr_db_exec(db,
                       "INSERT INTO applied (k, n, event_id, t_emit_ms, t_apply_ms)"
                       " VALUES ($1, 1, $2, $3, $4)"
@@ -286,6 +292,11 @@ int main(int argc, char **argv)
         /* Chaos runs shorten the ack wait so a delivery lost with a killed consumer comes back
          * in seconds; 0 or unset keeps the library default. */
         consumer_service.sub_opts.ack_wait_s = v > 0 && v <= 3600 ? (int)v : 0;
+        aw = getenv("PROBE_MAX_DELIVER");
+        v = aw ? strtol(aw, NULL, 10) : 0;
+        consumer_service.sub_opts.max_deliver = v > 0 && v <= 100 ? (int)v : 0;
+        aw = getenv("PROBE_POISON_K");
+        poison_k = aw ? strtoll(aw, NULL, 10) : -1;
         return gr_main(&consumer_service, argc, argv);
     }
     fprintf(stderr, "gr-bus-probe: set PROBE_MODE=producer or PROBE_MODE=consumer\n");

@@ -171,6 +171,15 @@ GR_MUST_CHECK int gr_db_commit(struct gr_db_conn *c);
 /** Rolls back; safe (and 0) when no transaction is open. */
 int gr_db_rollback(struct gr_db_conn *c);
 /**
+ * One savepoint level inside the open transaction: gr_db_savepoint marks the point,
+ * gr_db_savepoint_release keeps the work done since, gr_db_savepoint_rollback undoes it and
+ * clears the transaction's failed state so that it goes on (a statement that failed after
+ * the savepoint no longer fails the commit). Not nestable.
+ */
+GR_MUST_CHECK int gr_db_savepoint(struct gr_db_conn *c);
+GR_MUST_CHECK int gr_db_savepoint_release(struct gr_db_conn *c);
+GR_MUST_CHECK int gr_db_savepoint_rollback(struct gr_db_conn *c);
+/**
  * Runs @fn(@arg) once after the open transaction on @c commits successfully (durably, for an
  * SQLite batch); dropped on rollback. One hook per transaction: a second call replaces it.
  */

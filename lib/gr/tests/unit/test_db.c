@@ -713,6 +713,35 @@ static void test_group_commit(void **state)
                      1 + NTHREADS * NTX - expect_conflicts);
 }
 
+/* ---- savepoints ----------------------------------------------------------------------- */
+
+/* A failed statement behind a savepoint is undone by rolling back to it; the rest commits. */
+static void test_savepoint(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_val a[] = { GR_DB_TEXT("a") }, b[] = { GR_DB_TEXT("b") },
+                     c[] = { GR_DB_TEXT("c") };
+    const char *ins = "INSERT INTO sp (k) VALUES ($1)";
+
+    exec_ok(e, "CREATE TABLE sp (k TEXT PRIMARY KEY)");
+    assert_int_equal(gr_db_savepoint(e->c), GR_EINTERNAL); /* only inside a transaction */
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, a, 1, NULL), 0);
+    /* kept */
+    assert_int_equal(gr_db_savepoint(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, b, 1, NULL), 0);
+    assert_int_equal(gr_db_savepoint_release(e->c), 0);
+    /* undone after a failure: the transaction is usable again */
+    assert_int_equal(gr_db_savepoint(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, c, 1, NULL), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, a, 1, NULL), GR_ECONFLICT);
+    assert_int_equal(gr_db_exec(e->c, ins, c, 1, NULL), GR_EDB); /* failed until rolled back */
+    assert_int_equal(gr_db_savepoint_rollback(e->c), 0);
+    assert_int_equal(gr_db_commit(e->c), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM sp"), 2);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM sp WHERE k = 'c'"), 0);
+}
+
 /* ---- a begun transaction that has not run a statement yet ------------------------------- */
 
 static void *one_insert_thread(void *argp)
@@ -837,6 +866,7 @@ static void test_pg_reconnect(void **state)
     X(test_unique_race)                                                                            \
     X(test_group_commit)                                                                           \
     X(test_idle_tx)                                                                                \
+    X(test_savepoint)                                                                              \
     X(test_pg_reconnect)
 
 #define LITE_TEST(t) cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_sqlite),
