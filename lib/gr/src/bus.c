@@ -33,12 +33,12 @@
 #include "gr/status.h"
 #include "gr/time.h"
 
-#define RELAY_BATCH       256
+#define RELAY_BATCH       1000
 #define RELAY_POLL_MS     1000
 #define BACKOFF_MIN_MS    100
 #define BACKOFF_MAX_MS    5000
 #define PUBLISH_TIMEOUT   5000
-#define CONSUMER_BATCH    64
+#define CONSUMER_BATCH    256
 #define CONSUMER_WAIT_MS  1000
 #define NAK_DELAY_MAX_MS  30000
 #define INBOX_KEEP_DAYS   7
@@ -318,19 +318,34 @@ static void update_pending(struct gr_bus *b, struct gr_db_conn *c, struct gr_are
         gr_gauge_set(b->pending, (double)gr_db_int(r, 0, 0));
 }
 
-/* Deletes the @n published rows @rows[0..n) in one transaction. */
-static int relay_delete(struct gr_db_conn *c, const struct gr_db_rows *rows, size_t n)
+/*
+ * Deletes the @n published rows @rows[0..n) (seq ascending) in one statement. SQLite: the seq
+ * range, since seqs are handed out in commit order there (one writer, AUTOINCREMENT never reuses
+ * one), so no row can have joined the range unseen. PostgreSQL hands sequence values out
+ * before commit, so a late commit can fill a gap: the exact list, as one array parameter.
+ */
+static int relay_delete(struct gr_db *db, struct gr_db_conn *c, struct gr_arena *a,
+                        const struct gr_db_rows *rows, size_t n)
 {
-    int rc = gr_db_begin(c);
+    if (gr_db_engine(db) == GR_DB_SQLITE)
+        return gr_db_exec(c,
+                          "DELETE FROM outbox WHERE seq >= $1 AND seq <= $2 AND failed_at IS NULL",
+                          (struct gr_db_val[]){ GR_DB_INT(gr_db_int(rows, 0, 0)),
+                                                GR_DB_INT(gr_db_int(rows, n - 1, 0)) },
+                          2, NULL);
+    {
+        size_t cap = n * 21 + 3, len = 0;
+        char *list = gr_arena_alloc(a, cap);
 
-    for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = gr_db_exec(c, "DELETE FROM outbox WHERE seq = $1",
-                        (struct gr_db_val[]){ GR_DB_INT(gr_db_int(rows, i, 0)) }, 1, NULL);
-    if (rc < 0) {
-        (void)gr_db_rollback(c);
-        return rc;
+        list[len++] = '{';
+        for (size_t i = 0; i < n; i++)
+            len += (size_t)snprintf(list + len, cap - len, "%s%lld", i ? "," : "",
+                                    gr_db_int(rows, i, 0));
+        list[len++] = '}';
+        list[len] = '\0';
+        return gr_db_exec(c, "DELETE FROM outbox WHERE seq = ANY(CAST($1 AS BIGINT[]))",
+                          (struct gr_db_val[]){ GR_DB_TEXT(list) }, 1, NULL);
     }
-    return gr_db_commit(c);
 }
 
 static void relay_mark_failed(struct gr_db_conn *c, const char *seq_id, long long seq, int code)
@@ -386,7 +401,7 @@ static int relay_once(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a
     if (b->published)
         gr_counter_add(b->published, (uint64_t)rc);
     {
-        int drc = relay_delete(c, rows, (size_t)rc);
+        int drc = relay_delete(b->db, c, a, rows, (size_t)rc);
 
         if (drc < 0)
             return drc; /* published again next pass: the broker dedupes */
@@ -441,66 +456,90 @@ static bool sub_matches(const char *pattern, const char *type)
     return strcmp(pattern, type) == 0;
 }
 
+/* The subscription whose handler takes @type, or NULL (then only the inbox row is written). */
+static const struct gr_sub *sub_for(const struct gr_bus_cfg *cfg, const char *type)
+{
+    for (size_t i = 0; i < cfg->nsubs; i++)
+        if (sub_matches(cfg->subs[i].type, type))
+            return &cfg->subs[i];
+    return NULL;
+}
+
 /*
- * Applies one delivery inside the batch's open transaction, behind a savepoint: 0 applied or
- * found in the inbox (ack), < 0 the handler failed and its work was undone (nak). *@broken is
- * set when the savepoint could not be rolled back: the whole transaction is lost.
+ * Records @ev in the inbox and runs its handler, in the open transaction: 0 done (or found in
+ * the inbox: applied before, nothing run), < 0 the insert or the handler failed.
  */
 static int apply_one(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a,
-                     const struct gr_event *ev, const char *now, bool *broken)
+                     const struct gr_event *ev, const char *now)
 {
-    const struct gr_bus_cfg *cfg = b->cfg;
-    const struct gr_sub *sub = NULL;
+    const struct gr_sub *sub = sub_for(b->cfg, ev->type);
+    long long added = 0;
     int rc;
 
-    for (size_t i = 0; i < cfg->nsubs && !sub; i++)
-        if (sub_matches(cfg->subs[i].type, ev->type))
-            sub = &cfg->subs[i];
-    rc = gr_db_savepoint(c);
+    rc = gr_db_exec(c,
+                    "INSERT INTO inbox (event_id, source, type, received_at)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+                    (struct gr_db_val[]){ GR_DB_TEXT(ev->id), GR_DB_TEXT(ev->source),
+                                          GR_DB_TEXT(ev->type), GR_DB_TEXT(now) },
+                    4, &added);
+    if (rc < 0 || added == 0 || !sub)
+        return rc;
+    return sub->handler(c, a, ev, b->cfg->app ? *b->cfg->app : NULL);
+}
+
+/* apply_one behind a savepoint, so that a failure undoes only this event's work. */
+static int apply_one_sp(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a,
+                        const struct gr_event *ev, const char *now, bool *broken)
+{
+    int rc = gr_db_savepoint(c);
+
     if (rc < 0) {
         *broken = true;
         return rc;
     }
-    rc = gr_db_exec(c,
-                    "INSERT INTO inbox (event_id, source, type, received_at)"
-                    " VALUES ($1, $2, $3, $4)",
-                    (struct gr_db_val[]){ GR_DB_TEXT(ev->id), GR_DB_TEXT(ev->source),
-                                          GR_DB_TEXT(ev->type), GR_DB_TEXT(now) },
-                    4, NULL);
-    if (rc == 0 && sub)
-        rc = sub->handler(c, a, ev, cfg->app ? *cfg->app : NULL);
+    rc = apply_one(b, c, a, ev, now);
     if (rc == 0) {
         rc = gr_db_savepoint_release(c);
         if (rc < 0)
             *broken = true;
         return rc;
     }
-    if (gr_db_savepoint_rollback(c) < 0) {
+    if (gr_db_savepoint_rollback(c) < 0)
         *broken = true;
-        return rc;
-    }
-    return rc == GR_ECONFLICT ? 0 : rc; /* a conflict on the inbox: applied before */
+    return rc;
 }
 
 /*
  * Applies the @n deliveries @in in one transaction (one commit for the batch), writing each
- * one's result to @res: 0 to ack, < 0 to nak. A failed commit naks them all.
+ * one's result to @res: 0 to ack, < 0 to nak. The fast path runs them one after the other;
+ * when one fails, the batch is rolled back and run again with a savepoint around each event,
+ * so that only the failing ones are undone. A failed commit naks them all.
  */
 static void apply_batch(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena *a,
                         struct gr_bus_in *in, int n, int *res)
 {
     char now[GR_TIME_STR_LEN];
     bool broken = false;
-    int rc;
+    int rc, i;
 
     gr_time_format(gr_time_now_ms(), now);
     rc = gr_db_begin(c);
-    for (int i = 0; i < n; i++) {
+    for (i = 0; rc == 0 && i < n; i++)
+        rc = apply_one(b, c, a, &in[i].ev, now);
+    if (rc == 0) {
+        rc = gr_db_commit(c);
+        for (i = 0; i < n; i++)
+            res[i] = rc;
+        return;
+    }
+    (void)gr_db_rollback(c);
+    rc = gr_db_begin(c);
+    for (i = 0; i < n; i++) {
         if (rc < 0 || broken) {
             res[i] = rc < 0 ? rc : GR_EDB;
             continue;
         }
-        res[i] = apply_one(b, c, a, &in[i].ev, now, &broken);
+        res[i] = apply_one_sp(b, c, a, &in[i].ev, now, &broken);
     }
     if (rc < 0)
         return;
@@ -511,7 +550,7 @@ static void apply_batch(struct gr_bus *b, struct gr_db_conn *c, struct gr_arena 
         rc = gr_db_commit(c);
     }
     if (rc < 0)
-        for (int i = 0; i < n; i++)
+        for (i = 0; i < n; i++)
             res[i] = res[i] < 0 ? res[i] : rc;
 }
 
