@@ -217,6 +217,17 @@ def main():
             fail("create with the bus down: %s" % st)
         if outbox_rows(pdb) != 1:
             fail("the event is not waiting in the outbox")
+
+        def bus_health():
+            st, h = prod.get("/health/detailed")
+            return h if st == 200 else None
+
+        h = wait_for("/health/detailed to report the bus down with one event waiting",
+                     lambda: (lambda x: x if x and x["checks"]["bus"]["status"] == "down"
+                              and x["checks"]["bus"]["outbox_pending"] == 1 else None)(
+                                  bus_health()))
+        if h["status"] != "degraded":
+            fail("a bus that is down must make /health/detailed degraded: %s" % h)
         prod.stop(signal.SIGKILL)
         bus.start()
         prod.start()
@@ -226,6 +237,9 @@ def main():
         wait_for("outbox drained after restart", lambda: outbox_rows(pdb) == 0)
         if len(ev) != 1:
             fail("kill -9: expected one event, got %d" % len(ev))
+        wait_for("/health/detailed to report the bus up again",
+                 lambda: (lambda x: x and x["checks"]["bus"]["status"] == "up"
+                          and x["checks"]["bus"]["outbox_pending"] == 0)(bus_health()))
         print("ok: kill -9 after commit still publishes, once")
 
         # 3. consuming file.deleted, and a replay is a no-op thanks to the inbox.

@@ -85,7 +85,9 @@ struct gr_bus {
     bool kick, stop;
     struct gr_gauge *pending;
     struct gr_counter *published, *applied, *failed, *naked;
-    uint64_t rnd;       /* seed of the threads' own backoff jitter; set before they start */
+    uint64_t rnd; /* seed of the threads' own backoff jitter; set before they start */
+    atomic_int relay_state, consumer_state; /* 0 not tried yet, 1 last call worked, -1 failed */
+    atomic_llong pending_n;                 /* outbox rows at the last count */
     int64_t pending_at; /* relay thread: when outbox_pending was last refreshed */
 };
 
@@ -313,9 +315,12 @@ static void update_pending(struct gr_bus *b, struct gr_db_conn *c, struct gr_are
     if (!c || now - b->pending_at < PENDING_EVERY_MS)
         return;
     b->pending_at = now;
-    if (b->pending &&
-        gr_db_query(c, a, "SELECT COUNT(*) FROM outbox WHERE failed_at IS NULL", NULL, 0, &r) == 0)
-        gr_gauge_set(b->pending, (double)gr_db_int(r, 0, 0));
+    if (gr_db_query(c, a, "SELECT COUNT(*) FROM outbox WHERE failed_at IS NULL", NULL, 0, &r) ==
+        0) {
+        atomic_store(&b->pending_n, gr_db_int(r, 0, 0));
+        if (b->pending)
+            gr_gauge_set(b->pending, (double)gr_db_int(r, 0, 0));
+    }
 }
 
 /*
@@ -424,6 +429,8 @@ static void *relay_main(void *arg)
             rc = relay_once(b, c, &a);
         update_pending(b, c, &a);
         gr_arena_release(&a);
+        if (rc != 0)
+            atomic_store(&b->relay_state, rc > 0 ? 1 : -1);
         if (rc > 0) {
             back = 0;
             continue; /* maybe more */
@@ -624,6 +631,7 @@ static void *consumer_main(void *arg)
         }
         if (rc == 0)
             rc = b->sub->ops->pull(b->sub, &a, CONSUMER_BATCH, CONSUMER_WAIT_MS, &in);
+        atomic_store(&b->consumer_state, rc < 0 ? -1 : 1);
         if (rc < 0) {
             int ms = backoff_ms(&rnd, &back);
 
@@ -737,6 +745,33 @@ void gr_bus__stop(struct gr_bus *b)
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);
     gr_free(b);
+}
+
+json_t *gr_bus__health(struct gr_bus *b, bool *ok)
+{
+    int relay, consumer;
+    bool up;
+
+    if (!b)
+        return json_pack("{s:s}", "status", "none");
+    relay = atomic_load(&b->relay_state);
+    consumer = atomic_load(&b->consumer_state);
+    /* Down when the last attempt to publish or to pull failed; an outbox that waits for a
+     * broker that is down keeps the events, so the service stays ready but degraded. */
+    up = relay >= 0 && consumer >= 0;
+    if (!up)
+        *ok = false;
+    return json_pack("{s:s, s:s, s:I, s:s, s:s}", "status", up ? "up" : "down", "backend",
+                     b->cfg->kind, "outbox_pending", (json_int_t)atomic_load(&b->pending_n),
+                     "relay",
+                     relay > 0   ? "ok"
+                     : relay < 0 ? "failing"
+                                 : "idle",
+                     "consumer",
+                     !b->cfg->nsubs ? "none"
+                     : consumer > 0 ? "ok"
+                     : consumer < 0 ? "failing"
+                                    : "starting");
 }
 
 void gr_bus__kick(struct gr_bus *b)

@@ -12,6 +12,8 @@
 #ifndef GR_BUS_INT_H
 #define GR_BUS_INT_H
 
+#include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -102,6 +104,8 @@ int gr_bus__start(struct gr_db *db, const struct gr_bus_cfg *cfg, struct gr_metr
                   struct gr_bus **out);
 /* Stops both threads (the consumer finishes its current event) and frees @b; NULL is fine. */
 void gr_bus__stop(struct gr_bus *b);
+/* The bus's entry of /health/detailed; sets *@ok to false when it is down. */
+json_t *gr_bus__health(struct gr_bus *b, bool *ok);
 /* Wakes the relay (after a commit that emitted). */
 void gr_bus__kick(struct gr_bus *b);
 

@@ -75,6 +75,8 @@ static int h_health_detailed(struct gr_req *req, struct gr_resp *resp)
 
     json_object_set_new(checks, "database", check_db(p, &ok));
     json_object_set_new(checks, "jwks", json_pack("{s:s}", "status", jwks ? "up" : "down"));
+    if (p->bus)
+        json_object_set_new(checks, "bus", gr_bus__health(p->bus, &ok));
     if (!jwks)
         ok = false;
     o = json_pack("{s:s, s:s, s:s, s:o}", "status", ok ? "healthy" : "degraded", "service",
