@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""A poison event is parked as a dead letter after max_deliver; the consumer goes on.
+"""A poison event is parked as a dead letter after max_deliver; the consumer goes on; a replay
+of the whole subscription (gr_bus_replay) applies nothing twice.
 
   test-poison.py BUILD_DIR --backend http|nats [--pg-url URL]
 
@@ -9,7 +10,9 @@ event (PROBE_POISON_K) and max_deliver is 3. The producer emits 100 events, then
 the poison one is parked. Checks: all 199 healthy events are applied exactly once; the poison
 one is never applied; the consumer asked for exactly 3 redeliveries of it (inbox_failed_total),
 so it was given up after max_deliver; on 14 it is listed under the subscription's dead letters
-and an eventbus.dead_lettered event was published. Waits are conditions with deadlines.
+and an eventbus.dead_lettered event was published. Then the consumer replays from seq 0: every
+event comes again, the inbox turns the 199 applied ones into no-ops (still applied once) and
+the poison one is tried max_deliver times more. Waits are conditions with deadlines.
 """
 import argparse
 import os
@@ -85,8 +88,21 @@ def main():
                                 token=stack.token)
             if st != 200 or len(ev["data"]) != 1:
                 raise chaos.Fail("eventbus.dead_lettered events: %s %s" % (st, ev))
-        print("ok: poison event dead-lettered after %d attempts on %s; 199 others applied once"
-              % (MAX_DELIVER, args.backend))
+        consumed = metric(failed_url, "inbox_applied_total")
+        st, body = chaos.http("POST", stack.consumer.url("/replay"), {"after_seq": 0})
+        if st != 202:
+            raise chaos.Fail("replay: %s %s" % (st, body))
+        chaos.wait_for("the replay consumed (199 redeliveries acked as no-ops)",
+                       lambda: metric(failed_url, "inbox_applied_total") >= consumed + 199,
+                       deadline=60)
+        chaos.wait_for("the poison event given up again after the replay",
+                       lambda: metric(failed_url, "inbox_failed_total") >= 2 * MAX_DELIVER,
+                       deadline=60)
+        s = stack.consumer_stats()
+        if s.get("applied") != 199 or s.get("twice") or s.get("max_n") != 1:
+            raise chaos.Fail("after the replay: %s" % s)
+        print("ok: poison event dead-lettered after %d attempts on %s; 199 others applied once,"
+              " also after a replay" % (MAX_DELIVER, args.backend))
         return 0
     except chaos.Fail as e:
         print("FAIL: %s" % e)

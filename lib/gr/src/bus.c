@@ -91,6 +91,7 @@ struct gr_bus {
     uint64_t rnd; /* seed of the threads' own backoff jitter; set before they start */
     atomic_int relay_state, consumer_state; /* 0 not tried yet, 1 last call worked, -1 failed */
     atomic_llong pending_n;                 /* outbox rows at the last count */
+    atomic_llong replay_after;              /* a replay asked for: after this seq; -1 none */
     int64_t pending_at; /* relay thread: when outbox_pending was last refreshed */
 };
 
@@ -632,6 +633,21 @@ static void *consumer_main(void *arg)
                                         PUBLISH_TIMEOUT);
             bound = rc == 0;
         }
+        if (rc == 0 && atomic_load(&b->replay_after) >= 0) {
+            long long after = atomic_exchange(&b->replay_after, -1);
+
+            rc = b->sub->ops->replay ? b->sub->ops->replay(b->sub, (uint64_t)after, PUBLISH_TIMEOUT)
+                                     : GR_EUNAVAIL;
+            if (rc < 0) {
+                gr_log_warn("event replay failed, asking again", "code", gr_err_name(rc));
+                atomic_store(&b->replay_after, after);
+            } else {
+                char s[24];
+
+                snprintf(s, sizeof(s), "%lld", after);
+                gr_log_info("event replay started", "after_seq", s);
+            }
+        }
         if (rc == 0)
             rc = b->sub->ops->pull(b->sub, &a, CONSUMER_BATCH, CONSUMER_WAIT_MS, &in);
         atomic_store(&b->consumer_state, rc < 0 ? -1 : 1);
@@ -685,6 +701,7 @@ int gr_bus__start(struct gr_db *db, const struct gr_bus_cfg *cfg, struct gr_metr
     b->db = db;
     b->cfg = cfg;
     b->rnd = ((uint64_t)(uintptr_t)b ^ (uint64_t)time(NULL)) | 1;
+    atomic_store(&b->replay_after, -1);
     pthread_mutex_init(&b->mu, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -748,6 +765,16 @@ void gr_bus__stop(struct gr_bus *b)
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);
     gr_free(b);
+}
+
+int gr_bus_replay(uint64_t after_seq)
+{
+    struct gr_bus *b = the_bus;
+
+    if (!b || !b->consumer_on || after_seq > (uint64_t)INT64_MAX)
+        return GR_EUNAVAIL;
+    atomic_store(&b->replay_after, (long long)after_seq);
+    return 0;
 }
 
 json_t *gr_bus__health(struct gr_bus *b, bool *ok)

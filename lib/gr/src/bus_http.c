@@ -308,6 +308,23 @@ static int h_nak(struct gr_bus_backend *b, struct gr_bus_in *in, int delay_ms)
     return ack_or_nak(b->impl, "nak", (uint64_t)(uintptr_t)in->token, delay_ms < 0 ? 0 : delay_ms);
 }
 
+static int h_replay(struct gr_bus_backend *b, uint64_t after_seq, int timeout_ms)
+{
+    struct hb *h = b->impl;
+    char path[160], body[64];
+    long st = 0;
+    int rc;
+
+    if (!h->sub_id[0])
+        return GR_EINTERNAL;
+    snprintf(path, sizeof(path), "/api/v1/event-subscriptions/%s/replay", h->sub_id);
+    snprintf(body, sizeof(body), "{\"after_seq\":%llu}", (unsigned long long)after_seq);
+    rc = post(h, path, "application/json", body, strlen(body), timeout_ms, &st);
+    if (rc < 0)
+        return rc;
+    return st == 200 ? 0 : status_err(st);
+}
+
 static int h_ping(struct gr_bus_backend *b, int timeout_ms)
 {
     struct hb *h = b->impl;
@@ -345,6 +362,7 @@ static const struct gr_bus_backend_ops http_ops = {
     .pull = h_pull,
     .ack = h_ack,
     .ack_many = h_ack_many,
+    .replay = h_replay,
     .nak = h_nak,
     .release = NULL,
     .ping = h_ping,

@@ -61,6 +61,11 @@ struct gr_bus_backend_ops {
     int (*ack_many)(struct gr_bus_backend *b, struct gr_bus_in **in, size_t n);
     /* Asks for redelivery after @delay_ms; the broker dead-letters after max_deliver. */
     int (*nak)(struct gr_bus_backend *b, struct gr_bus_in *in, int delay_ms);
+    /*
+     * Replay: every event of the subscription with seq > @after_seq is delivered again, acked
+     * ones included (consumers' inboxes make the ones already applied no-ops).
+     */
+    int (*replay)(struct gr_bus_backend *b, uint64_t after_seq, int timeout_ms);
     /* Releases what pull allocated outside the arena for this delivery (may be NULL). */
     void (*release)(struct gr_bus_backend *b, struct gr_bus_in *in);
     /* True when the broker answered recently; for /health/detailed and /ready. */

@@ -540,6 +540,49 @@ static int bind_sub(struct nats_be *be, int timeout_ms)
     return 0;
 }
 
+/*
+ * Replay: the durable consumer is recreated to start after @after_seq (JetStream has no
+ * rewind of a consumer), with the same configuration, and bound again.
+ */
+static int nats_replay(struct gr_bus_backend *bb, uint64_t after_seq, int timeout_ms)
+{
+    struct nats_be *be = bb->impl;
+    jsConsumerConfig cc;
+    jsConsumerInfo *ci = NULL;
+    jsOptions jo;
+    jsErrCode jerr = 0;
+    natsStatus s;
+
+    if (!be->durable[0])
+        return GR_EINTERNAL;
+    if (!connected(be))
+        return GR_EUNAVAIL;
+    if (be->sub) {
+        natsSubscription_Destroy(be->sub);
+        be->sub = NULL;
+    }
+    jsOptions_Init(&jo);
+    jo.Wait = timeout_ms;
+    s = js_DeleteConsumer(be->js_sub, STREAM, be->durable, &jo, &jerr);
+    if (s != NATS_OK && !is_not_found(s, jerr)) {
+        log_nats("nats replay: cannot remove the consumer", s, jerr);
+        return GR_EUNAVAIL;
+    }
+    consumer_config(be, &cc);
+    if (after_seq > 0) {
+        cc.DeliverPolicy = js_DeliverByStartSequence;
+        cc.OptStartSeq = after_seq + 1;
+    }
+    jerr = 0;
+    s = js_AddConsumer(&ci, be->js_sub, STREAM, &cc, &jo, &jerr);
+    jsConsumerInfo_Destroy(ci);
+    if (s != NATS_OK) {
+        log_nats("nats replay: cannot recreate the consumer", s, jerr);
+        return GR_EUNAVAIL;
+    }
+    return bind_sub(be, timeout_ms);
+}
+
 static int nats_subscribe(struct gr_bus_backend *bb, const char *durable, const struct gr_sub *subs,
                           size_t nsubs, const struct gr_sub_opts *opts, int timeout_ms)
 {
@@ -820,6 +863,7 @@ static const struct gr_bus_backend_ops nats_ops = {
     .pull = nats_pull,
     .ack = nats_ack,
     .nak = nats_nak,
+    .replay = nats_replay,
     .release = nats_release,
     .ping = nats_ping,
     .close = nats_close,

@@ -244,8 +244,26 @@ static int consumer_stats(struct gr_req *req, struct gr_resp *resp)
     return 0;
 }
 
+/* POST /replay {"after_seq": n}: gr_bus_replay, done by the consumer thread. */
+static int consumer_replay(struct gr_req *req, struct gr_resp *resp)
+{
+    static const char *const keys[] = { "after_seq", NULL };
+    struct gr_json_rd r = { .a = req->arena, .errs = &resp->errs };
+    long long after = 0;
+
+    (void)gr_json_only(&r, req->json, "", keys);
+    (void)gr_json_int(&r, req->json, "", "after_seq", GR_JSON_REQUIRED, 0, INT64_MAX, &after, NULL);
+    if (resp->errs.n > 0)
+        return GR_EVALID;
+    if (gr_bus_replay((uint64_t)after) < 0)
+        return GR_EUNAVAIL;
+    gr_resp_json(resp, 202, json_pack("{s:I}", "after_seq", (json_int_t)after));
+    return 0;
+}
+
 static const struct gr_route consumer_routes[] = {
     { "GET", "/stats", consumer_stats, GR_R_PUBLIC, NULL, "from_k", 0 },
+    { "POST", "/replay", consumer_replay, GR_R_PUBLIC | GR_R_JSON, NULL, NULL, 0 },
 };
 
 /* ---- the two services ---------------------------------------------------------------------- */

@@ -81,6 +81,14 @@ struct gr_req;
 GR_MUST_CHECK int gr_req_emit(struct gr_req *req, const char *type, const char *subject,
                               const char *data);
 
+/**
+ * Asks for a replay of this service's subscription: every event with a backend seq above
+ * @after_seq is delivered again (the inbox makes those already applied no-ops, so a replay
+ * re-applies only what the inbox no longer remembers, e.g. after a restore). Done by the
+ * consumer thread before its next pull; GR_EUNAVAIL when the service has no subscriptions.
+ */
+GR_MUST_CHECK int gr_bus_replay(uint64_t after_seq);
+
 /** True for a valid event type: ^[a-z0-9]+(\.[a-z0-9_]+)+$ and at most GR_EVENT_TYPE_MAX. */
 bool gr_bus_type_valid(const char *type);
 

@@ -667,6 +667,36 @@ static void test_publish_pull(void **state)
     expect_nothing(e, e->sub, 0.3);
 }
 
+/* Replay redelivers the acked events after a seq, in order, and nothing before it. */
+static void test_replay(void **state)
+{
+    struct env *e = *state;
+    const char *types[] = { e->type };
+    struct gr_bus_out ev[4];
+    struct gr_bus_in *in, *again;
+    uint64_t seq[4];
+
+    for (int i = 0; i < 4; i++)
+        ev[i] = mk_event(&e->a, e->type, i, NULL);
+    subscribe(e, e->sub, types, 1, 30, 5);
+    assert_int_equal(e->pub->ops->publish(e->pub, ev, 4, 5000), 4);
+    assert_int_equal(pull_n(e, e->sub, 4, 5, &in), 4);
+    for (int i = 0; i < 4; i++)
+        seq[i] = in[i].ev.seq;
+    ack_release(e->sub, in, 4);
+    expect_nothing(e, e->sub, 0.3);
+
+    assert_non_null(e->sub->ops->replay);
+    assert_int_equal(e->sub->ops->replay(e->sub, seq[1], 5000), 0);
+    assert_int_equal(pull_n(e, e->sub, 2, 5, &again), 2);
+    assert_int_equal(again[0].ev.seq, seq[2]);
+    assert_int_equal(again[1].ev.seq, seq[3]);
+    assert_string_equal(again[0].ev.id, ev[2].id);
+    assert_string_equal(again[1].ev.id, ev[3].id);
+    ack_release(e->sub, again, 2);
+    expect_nothing(e, e->sub, 0.3);
+}
+
 /* The relay publishes a row again after a crash: it counts as stored, and is stored once. */
 static void test_duplicate_once(void **state)
 {
@@ -1155,7 +1185,7 @@ static void test_nats_publish_rate(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 #define COMMON_TESTS                                                                               \
-    T(test_publish_pull), T(test_duplicate_once), T(test_nak_redelivers),                          \
+    T(test_publish_pull), T(test_replay), T(test_duplicate_once), T(test_nak_redelivers),          \
         T(test_dead_letter_after_naks), T(test_dead_letter_after_timeout),                         \
         T(test_restart_binds_durable), T(test_order_per_subject), T(test_filters),                 \
         T(test_resubscribe_narrower), T(test_publish_refused), cmocka_unit_test(test_unavailable), \
