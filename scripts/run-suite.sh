@@ -74,6 +74,11 @@ if [ -x "$B/bin/14-event-bus-service" ]; then
 fi
 
 if [ -x "$B/bin/gr-bus-probe" ]; then
+    for engine in sqlite pg; do
+        run "gr [IK!] routes on gr-bus-probe ($engine)" env PROBE_MODE=producer "$PY" \
+            lib/gr/tests/http/runner.py --bin "$B/bin/gr-bus-probe" --jwt-tool "$B/bin/gr-jwt" \
+            --engine "$engine" --pg-url "$pg_url" lib/gr/tests/http/probe
+    done
     # kill -9 chaos, short: 5000 events, 4 kills of the relay, the consumer or the broker.
     for be in http nats; do
         run "bus chaos $be (sqlite)" "$PY" tests/bus/chaos.py "$B" --backend "$be" --events 5000 --kills 4

@@ -135,6 +135,9 @@ static int producer_stats(struct gr_req *req, struct gr_resp *resp)
 
 static const struct gr_route producer_routes[] = {
     { "POST", "/emit", producer_emit, GR_R_PUBLIC | GR_R_JSON, NULL, NULL, 0 },
+    /* The same with a required Idempotency-Key ([IK!]): lib/gr/tests/http/probe/ tests it. */
+    { "POST", "/emit-keyed", producer_emit, GR_R_PUBLIC | GR_R_JSON | GR_R_IK_REQUIRED, NULL, NULL,
+      0 },
     { "GET", "/stats", producer_stats, GR_R_PUBLIC, NULL, NULL, 0 },
 };
 
