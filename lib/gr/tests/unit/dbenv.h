@@ -116,7 +116,7 @@ static int teardown(void **state)
     return 0;
 }
 
-static void exec_ok(struct env *e, const char *sql)
+static inline void exec_ok(struct env *e, const char *sql)
 {
     int rc = gr_db_exec(e->c, sql, NULL, 0, NULL);
 
@@ -125,7 +125,7 @@ static void exec_ok(struct env *e, const char *sql)
     assert_int_equal(rc, 0);
 }
 
-static long long count_rows(struct env *e, const char *sql)
+static inline long long count_rows(struct env *e, const char *sql)
 {
     struct gr_db_rows *r;
 

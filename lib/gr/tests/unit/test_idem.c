@@ -18,6 +18,7 @@
 #include <cmocka.h> /* after setjmp.h, stdarg.h and stddef.h, which it needs */
 
 #include "../../src/idem_int.h"
+#include "dbenv.h"
 #include "gr/arena.h"
 #include "gr/db.h"
 #include "gr/log.h"
@@ -27,101 +28,15 @@
 #define H1       "1111111111111111111111111111111111111111111111111111111111111111"
 #define H2       "2222222222222222222222222222222222222222222222222222222222222222"
 
-struct env {
-    int engine;
-    char url[600];
-    char dir[128];
-    char dbname[64];
-    struct gr_db *db;
-    struct gr_db_conn *c;
-    struct gr_arena a;
-};
-
-static int engine_sqlite = GR_DB_SQLITE;
-static int engine_pg = GR_DB_PG;
-static const char *pg_base;
-static struct gr_db *pg_admin;
-static int pg_seq;
-
-static void pg_url_for(const char *name, char *out, size_t n)
+/* The per-test database of dbenv.h, with the idempotency table migrated. */
+static int setup_idem(void **state)
 {
-    const char *hostpart = strstr(pg_base, "://");
-    const char *slash, *query;
+    struct env *e;
 
-    hostpart = hostpart ? hostpart + 3 : pg_base;
-    slash = strchr(hostpart, '/');
-    query = strchr(hostpart, '?');
-    if (!slash || (query && slash > query))
-        slash = query ? query : hostpart + strlen(hostpart);
-    snprintf(out, n, "%.*s/%s%s", (int)(slash - pg_base), pg_base, name, query ? query : "");
-}
-
-static int admin_exec(const char *sql)
-{
-    struct gr_db_conn *c;
-    int rc = gr_db_conn(pg_admin, &c);
-
-    if (rc == 0)
-        rc = gr_db_exec(c, sql, NULL, 0, NULL);
-    return rc;
-}
-
-static int setup(void **state)
-{
-    struct env *e = gr_xcalloc(1, sizeof(*e));
-    char err[256];
-
-    e->engine = *(int *)*state;
-    gr_arena_init(&e->a);
-    if (e->engine == GR_DB_SQLITE) {
-        snprintf(e->dir, sizeof(e->dir), "/tmp/gr_test_idem_XXXXXX");
-        if (!mkdtemp(e->dir))
-            return -1;
-        snprintf(e->url, sizeof(e->url), "sqlite://%s/t.db", e->dir);
-    } else {
-        char sql[128];
-
-        snprintf(e->dbname, sizeof(e->dbname), "gri_%d_%d", (int)getpid(), ++pg_seq);
-        /* Identifiers cannot be bound; this name is made here from digits only. */
-        snprintf(sql, sizeof(sql), "CREATE DATABASE %s", e->dbname);
-        if (admin_exec(sql) != 0)
-            return -1;
-        pg_url_for(e->dbname, e->url, sizeof(e->url));
-    }
-    if (gr_db_open(e->url, NULL, &e->db, err, sizeof(err)) != 0) {
-        fprintf(stderr, "setup: %s\n", err);
+    if (setup(state) != 0)
         return -1;
-    }
-    if (gr_db_conn(e->db, &e->c) != 0 || gr_db_migrate(e->db, "gr.idem", gr_idem_migrations) != 0)
-        return -1;
-    *state = e;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct env *e = *state;
-    char path[300];
-
-    gr_db_close(e->db);
-    gr_arena_release(&e->a);
-    if (e->engine == GR_DB_SQLITE) {
-        static const char *const files[] = { "t.db", "t.db-wal", "t.db-shm" };
-
-        for (size_t i = 0; i < 3; i++) {
-            snprintf(path, sizeof(path), "%s/%s", e->dir, files[i]);
-            unlink(path);
-        }
-        rmdir(e->dir);
-    } else {
-        char sql[128];
-
-        snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", e->dbname);
-        if (admin_exec(sql) != 0)
-            fprintf(stderr, "teardown: cannot drop %s\n", e->dbname);
-    }
-    gr_free(e);
-    return 0;
+    e = *state;
+    return gr_db_migrate(e->db, "gr.idem", gr_idem_migrations) == 0 ? 0 : -1;
 }
 
 static int reserve(struct env *e, const char *caller, const char *key, const char *hash,
@@ -135,7 +50,7 @@ static int reserve(struct env *e, const char *caller, const char *key, const cha
     return outcome;
 }
 
-static long long count_rows(struct env *e)
+static long long key_rows(struct env *e)
 {
     struct gr_db_rows *r;
 
@@ -170,7 +85,7 @@ static void test_replay_and_reuse(void **state)
     /* Completing twice, or by a non-owner, is refused. */
     assert_int_equal(gr_idem__complete(e->c, "u1", "POST", "/api/v1/things", "k", "o1", &created),
                      GR_ECONFLICT);
-    assert_int_equal(count_rows(e), 1);
+    assert_int_equal(key_rows(e), 1);
 }
 
 /* The scope is (caller, method, path, key). */
@@ -191,7 +106,7 @@ static void test_scope(void **state)
                                       &outcome, &r),
                      0);
     assert_int_equal(outcome, GR_IDEM_OWNED);
-    assert_int_equal(count_rows(e), 5);
+    assert_int_equal(key_rows(e), 5);
 }
 
 /* Release frees the key (a 4xx keeps nothing), but only the owner's own reservation. */
@@ -202,9 +117,9 @@ static void test_release(void **state)
 
     assert_int_equal(reserve(e, "u1", "k", H1, "o1", T0, &r), GR_IDEM_OWNED);
     gr_idem__release(e->c, "u1", "POST", "/api/v1/things", "k", "someone-else");
-    assert_int_equal(count_rows(e), 1);
+    assert_int_equal(key_rows(e), 1);
     gr_idem__release(e->c, "u1", "POST", "/api/v1/things", "k", "o1");
-    assert_int_equal(count_rows(e), 0);
+    assert_int_equal(key_rows(e), 0);
     /* A different body may now use the key. */
     assert_int_equal(reserve(e, "u1", "k", H2, "o2", T0 + 1, &r), GR_IDEM_OWNED);
 }
@@ -239,7 +154,7 @@ static void test_expiry_and_abandon(void **state)
     /* Purge deletes only expired rows, at most max per call. */
     assert_int_equal(reserve(e, "u2", "a", H1, "q1", T0, &r), GR_IDEM_OWNED);
     assert_int_equal(reserve(e, "u2", "b", H1, "q2", T0, &r), GR_IDEM_OWNED);
-    assert_int_equal(count_rows(e), 4);
+    assert_int_equal(key_rows(e), 4);
     assert_int_equal(gr_idem__purge(e->c, T0 + GR_IDEM_TTL_MS - 1, 100, &deleted), 0);
     assert_int_equal(deleted, 0);
     assert_int_equal(gr_idem__purge(e->c, T0 + GR_IDEM_TTL_MS + GR_IDEM_ABANDON_MS, 1, &deleted),
@@ -248,7 +163,7 @@ static void test_expiry_and_abandon(void **state)
     assert_int_equal(gr_idem__purge(e->c, T0 + GR_IDEM_TTL_MS + GR_IDEM_ABANDON_MS, 100, &deleted),
                      0);
     assert_int_equal(deleted, 2);
-    assert_int_equal(count_rows(e), 1); /* "done" renewed at T0 + 24 h */
+    assert_int_equal(key_rows(e), 1); /* "done" renewed at T0 + 24 h */
 }
 
 /* The store call runs inside an open transaction: a rollback undoes it with the effect. */
@@ -327,8 +242,9 @@ static void test_race(void **state)
     X(test_complete_in_tx)                                                                         \
     X(test_race)
 
-#define LITE_TEST(t) cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_sqlite),
-#define PG_TEST(t)   cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_pg),
+#define LITE_TEST(t)                                                                               \
+    cmocka_unit_test_prestate_setup_teardown(t, setup_idem, teardown, &engine_sqlite),
+#define PG_TEST(t) cmocka_unit_test_prestate_setup_teardown(t, setup_idem, teardown, &engine_pg),
 
 int main(void)
 {
@@ -336,21 +252,9 @@ int main(void)
     const struct CMUnitTest pg[] = { TESTS(PG_TEST) };
     const char *lvl = getenv("GR_TEST_LOG");
     int failed = 0;
-    char err[256];
 
     gr_log_setup("test_idem", lvl ? gr_log_level_parse(lvl) : GR_LOG_OFF, true);
     failed += cmocka_run_group_tests_name("idem_sqlite", lite, NULL, NULL);
-    pg_base = getenv("GR_TEST_PG_URL");
-    if (pg_base && *pg_base) {
-        if (gr_db_open(pg_base, NULL, &pg_admin, err, sizeof(err)) != 0 ||
-            gr_db_ping(pg_admin) != 0) {
-            fprintf(stderr, "GR_TEST_PG_URL unusable: %s\n", err);
-            return 1;
-        }
-        failed += cmocka_run_group_tests_name("idem_pg", pg, NULL, NULL);
-        gr_db_close(pg_admin);
-    } else {
-        fprintf(stderr, "GR_TEST_PG_URL not set: PostgreSQL tests skipped\n");
-    }
+    failed += run_pg_group("idem_pg", pg, sizeof(pg) / sizeof(pg[0]));
     return failed ? 1 : 0;
 }
