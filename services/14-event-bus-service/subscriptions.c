@@ -2,9 +2,9 @@
  * subscriptions.c - durable subscriptions: create (idempotent by name, so a service binds its
  * subscription at every start-up; a pull subscription whose owner now asks for other filters,
  * ordering, ack_wait or max_deliver is updated in place, like a JetStream durable consumer),
- * list, get and delete. A subscription created with start
- * "all" gets a pending delivery for every stored event that matches its filters; later events
- * reach it through the publish fan-out (events.c).
+ * list, get and delete. A subscription created with start "all" receives a pending delivery for
+ * every stored event that matches its filters; later events reach it through the publish fan-out
+ * (events.c).
  */
 #include <string.h>
 
@@ -302,7 +302,7 @@ int eb_subs_create(struct gr_req *req, struct gr_resp *resp)
 int eb_subs_list(struct gr_req *req, struct gr_resp *resp)
 {
     static const char scope[] = "GET /api/v1/event-subscriptions";
-    const char *cursor = gr_req_query(req, "cursor"), *after = NULL, *next = NULL;
+    const char *cursor = gr_req_query(req, "cursor"), *after = NULL;
     struct gr_db_rows *rows = NULL;
     size_t nrows;
     bool has_more;
@@ -333,18 +333,8 @@ int eb_subs_list(struct gr_req *req, struct gr_resp *resp)
     data = json_array();
     for (size_t i = 0; i < nrows; i++)
         json_array_append_new(data, sub_json(rows, i));
-    if (has_more) {
-        const char *last = gr_db_text(rows, nrows - 1, SC_ID);
-        rc = gr_cursor_encode(&req->ctx->cursor_key, req->arena, scope, last, strlen(last), &next);
-        if (rc < 0) {
-            json_decref(data);
-            return rc;
-        }
-    }
-    gr_resp_json(
-        resp, 200,
-        json_pack("{s:o,s:b,s:s?}", "data", data, "has_more", has_more, "next_cursor", next));
-    return 0;
+    return gr_resp_list(req, resp, data, has_more, scope,
+                        has_more ? gr_db_text(rows, nrows - 1, SC_ID) : NULL);
 }
 
 int eb_subs_get(struct gr_req *req, struct gr_resp *resp)

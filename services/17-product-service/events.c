@@ -28,7 +28,7 @@ static const char *file_id_of(struct gr_arena *a, const struct gr_event *ev)
 
 /*
  * file.deleted: the file leaves the images of every product that shows it; each such product
- * gets a new document and publishes product.updated, like DELETE …/images/{file_id} does.
+ * is given a new document and publishes product.updated, like DELETE …/images/{file_id} does.
  */
 static int on_file_deleted(struct gr_db_conn *db, struct gr_arena *a, const struct gr_event *ev,
                            void *app)

@@ -219,7 +219,7 @@ static int bus_start(void)
         if (gr_buf_read_file(&pf, portfile) != 0 || pf.len == 0)
             continue; /* written (atomically) once it listens */
         if (bus.port == 0)
-            bus.port = atoi(gr_buf_cstr(&pf));
+            bus.port = (int)strtol(gr_buf_cstr(&pf), NULL, 10);
         snprintf(bus.url, sizeof(bus.url), "http://127.0.0.1:%d", bus.port);
         if (http_get("/ready", NULL) == 200) {
             rc = 0;
@@ -394,7 +394,7 @@ static void broker_down(void)
         assert_non_null(f);
         assert_non_null(fgets(buf, sizeof(buf), f));
         fclose(f);
-        pid = (pid_t)atoi(buf);
+        pid = (pid_t)strtol(buf, NULL, 10);
         assert_true(pid > 1);
         {
             char cpath[64], cmdline[256] = "";
