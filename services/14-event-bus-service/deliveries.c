@@ -408,7 +408,7 @@ int eb_subs_replay(struct gr_req *req, struct gr_resp *resp)
 
 int eb_subs_dead_letters(struct gr_req *req, struct gr_resp *resp)
 {
-    const char *cursor = gr_req_query(req, "cursor"), *scope, *next = NULL;
+    const char *cursor = gr_req_query(req, "cursor"), *scope;
     struct gr_db_rows *rows = NULL;
     long long after = 0;
     struct eb_sub sub;
@@ -457,16 +457,6 @@ int eb_subs_dead_letters(struct gr_req *req, struct gr_resp *resp)
                             (json_int_t)gr_db_int(rows, i, 1), "dead_at", gr_db_text(rows, i, 2),
                             "event", json_object_get(item, "event")));
     }
-    if (has_more) {
-        const char *last = gr_db_text(rows, nrows - 1, 0);
-        rc = gr_cursor_encode(&req->ctx->cursor_key, req->arena, scope, last, strlen(last), &next);
-        if (rc < 0) {
-            json_decref(data);
-            return rc;
-        }
-    }
-    gr_resp_json(
-        resp, 200,
-        json_pack("{s:o,s:b,s:s?}", "data", data, "has_more", has_more, "next_cursor", next));
-    return 0;
+    return gr_resp_list(req, resp, data, has_more, scope,
+                        has_more ? gr_db_text(rows, nrows - 1, 0) : NULL);
 }

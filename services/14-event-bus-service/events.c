@@ -340,7 +340,7 @@ static bool parse_seq(const char *s, long long *out)
 int eb_events_list(struct gr_req *req, struct gr_resp *resp)
 {
     const char *type = gr_req_query(req, "type"), *cursor = gr_req_query(req, "cursor");
-    const char *sql = LIST_ALL, *pattern = NULL, *scope, *next = NULL;
+    const char *sql = LIST_ALL, *pattern = NULL, *scope;
     struct gr_db_rows *rows = NULL;
     long long after = 0;
     bool has_after = false, prefix = false, has_more;
@@ -387,18 +387,8 @@ int eb_events_list(struct gr_req *req, struct gr_resp *resp)
     for (size_t i = 0; i < nrows; i++)
         json_array_append(data,
                           eb_event_item(req->arena, gr_db_int(rows, i, 0), gr_db_text(rows, i, 1)));
-    if (has_more) {
-        const char *last = gr_db_text(rows, nrows - 1, 0);
-        rc = gr_cursor_encode(&req->ctx->cursor_key, req->arena, scope, last, strlen(last), &next);
-        if (rc < 0) {
-            json_decref(data);
-            return rc;
-        }
-    }
-    gr_resp_json(
-        resp, 200,
-        json_pack("{s:o,s:b,s:s?}", "data", data, "has_more", has_more, "next_cursor", next));
-    return 0;
+    return gr_resp_list(req, resp, data, has_more, scope,
+                        has_more ? gr_db_text(rows, nrows - 1, 0) : NULL);
 }
 
 int eb_events_get(struct gr_req *req, struct gr_resp *resp)

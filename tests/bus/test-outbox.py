@@ -29,6 +29,9 @@ import urllib.parse
 import urllib.request
 import uuid
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chaos  # noqa: E402  (mint)
+
 DEADLINE = 15.0
 
 
@@ -108,17 +111,6 @@ class Svc:
         self.proc = None
 
 
-def mint(build, tmp):
-    key, jwks = os.path.join(tmp, "k.pem"), os.path.join(tmp, "jwks.json")
-    tool = os.path.join(build, "bin", "gr-jwt")
-    subprocess.run([tool, "keygen", "--alg", "ES256", "--kid", "t", "--key", key, "--jwks", jwks],
-                   check=True, stdout=subprocess.DEVNULL)
-    tok = subprocess.run([tool, "sign", "--key", key, "--alg", "ES256", "--kid", "t", "--perms",
-                          "*", "--roles", "super_admin", "--sub", str(uuid.uuid4()), "--ttl",
-                          "3600"], check=True, stdout=subprocess.PIPE).stdout.decode().strip()
-    return jwks, tok
-
-
 def events_of(bus, token, type_):
     st, body = bus.get("/api/v1/events?type=%s&limit=100" % type_, token)
     if st != 200:
@@ -162,7 +154,7 @@ def main():
         return 2
     build = sys.argv[1]
     tmp = tempfile.mkdtemp(prefix="gr-bus-")
-    jwks, token = mint(build, tmp)
+    jwks, token = chaos.mint(build, tmp)
     base = dict(os.environ)
     base.update({"HOST": "127.0.0.1", "JWKS_URL": "file://" + jwks, "LOG_LEVEL": "info",
                  "CURSOR_SECRET": "t"})

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "gr/auth.h"
+#include "gr/cursor.h"
 #include "gr/db.h"
 #include "gr/id.h"
 #include "gr/json.h"
@@ -144,6 +145,26 @@ void gr_resp_json(struct gr_resp *resp, int status, json_t *body)
 {
     resp->status = status;
     resp->json = body;
+}
+
+int gr_resp_list(struct gr_req *req, struct gr_resp *resp, json_t *data, bool has_more,
+                 const char *scope, const char *last_key)
+{
+    const char *next = NULL;
+
+    if (has_more) {
+        int rc = gr_cursor_encode(&req->ctx->cursor_key, req->arena, scope, last_key,
+                                  strlen(last_key), &next);
+
+        if (rc < 0) {
+            json_decref(data);
+            return rc;
+        }
+    }
+    gr_resp_json(
+        resp, 200,
+        json_pack("{s:o,s:b,s:s?}", "data", data, "has_more", has_more, "next_cursor", next));
+    return 0;
 }
 
 void gr_resp_header(struct gr_req *req, struct gr_resp *resp, const char *name, const char *value)

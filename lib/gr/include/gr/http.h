@@ -90,6 +90,13 @@ bool gr_req_can(const struct gr_req *req, const char *perm);
 
 /** Sets status and JSON body; takes ownership of @body (may be NULL for no body). */
 void gr_resp_json(struct gr_resp *resp, int status, json_t *body);
+/**
+ * A 200 with the list shape of SERVICES §0, {"data","has_more","next_cursor"}: when @has_more,
+ * next_cursor is a signed cursor (gr/cursor.h) of @last_key bound to @scope, else null. Takes
+ * ownership of @data (a JSON array). GR_EINTERNAL if the cursor cannot be made.
+ */
+GR_MUST_CHECK int gr_resp_list(struct gr_req *req, struct gr_resp *resp, json_t *data,
+                               bool has_more, const char *scope, const char *last_key);
 /** Adds a response header; @name and @value are copied into @req's arena. */
 void gr_resp_header(struct gr_req *req, struct gr_resp *resp, const char *name, const char *value);
 /**
