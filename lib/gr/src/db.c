@@ -207,6 +207,7 @@ int gr_db_open(const char *url, const struct gr_db_opts *opts, struct gr_db **ou
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&db->commit_cv, &ca);
+        pthread_cond_init(&db->wd_cv, &ca);
         pthread_condattr_destroy(&ca);
     }
     db->batch = 1;
@@ -220,6 +221,12 @@ void gr_db_close(struct gr_db *db)
 
     if (!db)
         return;
+    pthread_mutex_lock(&db->commit_mu);
+    db->wd_stop = true;
+    pthread_cond_signal(&db->wd_cv);
+    pthread_mutex_unlock(&db->commit_mu);
+    if (db->wd_on)
+        pthread_join(db->wd, NULL);
     pthread_mutex_lock(&db->mu);
     for (c = db->conns; c; c = next) {
         next = c->next;
@@ -239,6 +246,7 @@ void gr_db_close(struct gr_db *db)
     pthread_mutex_destroy(&db->write_mu);
     pthread_mutex_destroy(&db->commit_mu);
     pthread_cond_destroy(&db->commit_cv);
+    pthread_cond_destroy(&db->wd_cv);
     gr_free(db->target);
     gr_free(db);
 }
@@ -520,17 +528,53 @@ static bool engine_in_tx(const struct gr_db_conn *c)
 #define BATCH_MAX     64 /* members of one batch at most, to bound the wait of the first */
 #define BATCH_WAIT_MS 2  /* a member waits this long for others before committing itself */
 
-/* Records the end of the open batch with @rc and wakes its members. write_mu held. */
+/* Deferred members of batches ended by this thread, told by unlock_write. */
+static _Thread_local struct gr_db_waiter *tl_fire;
+
+/*
+ * Records the end of the open batch with @rc and wakes its members; its deferred members
+ * are told once write_mu is released (unlock_write). write_mu held.
+ */
 static void batch_end(struct gr_db *db, int rc)
 {
+    struct gr_db_waiter *w = db->waiters;
+
+    while (w) {
+        struct gr_db_waiter *next = w->next;
+
+        w->rc = rc;
+        w->next = tl_fire;
+        tl_fire = w;
+        w = next;
+    }
+    db->waiters = NULL;
     pthread_mutex_lock(&db->commit_mu);
     db->done_rc[db->batch % GR_DB__BATCH_RING] = rc;
     db->done = db->batch;
+    if (db->wd_armed && db->wd_batch == db->batch)
+        db->wd_armed = false;
     db->batch++;
     pthread_cond_broadcast(&db->commit_cv);
     pthread_mutex_unlock(&db->commit_mu);
     db->batch_open = false;
     db->members = 0;
+}
+
+/* Releases write_mu, then tells the deferred members of the batches this thread ended. */
+static void unlock_write(struct gr_db *db)
+{
+    struct gr_db_waiter *w = tl_fire;
+
+    tl_fire = NULL;
+    pthread_mutex_unlock(&db->write_mu);
+    while (w) {
+        struct gr_db_waiter *next = w->next; /* w may be gone once done returns */
+
+        if (w->rc == 0 && w->hook)
+            w->hook(w->hook_arg);
+        w->done(w->arg, w->rc);
+        w = next;
+    }
 }
 
 /* Commits the open batch (one fsync with synchronous=FULL). write_mu held. */
@@ -597,7 +641,7 @@ static int await_batch(struct gr_db *db, uint64_t mine)
                     batch_end(db, GR_EDB);
             }
         }
-        pthread_mutex_unlock(&db->write_mu);
+        unlock_write(db);
         pthread_mutex_lock(&db->commit_mu);
     }
     rc = db->done_rc[mine % GR_DB__BATCH_RING];
@@ -605,12 +649,16 @@ static int await_batch(struct gr_db *db, uint64_t mine)
     return rc;
 }
 
+static void wd_arm(struct gr_db *db, uint64_t batch);
+static int after_end(struct gr_db_conn *c, int rc);
+
 /*
  * Ends @c's membership (write_mu held, released here). The batch is committed now when no
  * writer is queued behind us or it is full; otherwise the next writer carries it on and we
- * wait until it ends. @joined: our work was merged into the batch and must be awaited.
+ * wait until it ends, or, given a waiter @w, return GR_DB_DEFERRED and let @w be told.
+ * @joined: our work was merged into the batch and must be awaited.
  */
-static int member_end(struct gr_db_conn *c, bool joined)
+static int member_end(struct gr_db_conn *c, bool joined, struct gr_db_waiter *w)
 {
     struct gr_db *db = c->db;
     uint64_t mine = db->batch;
@@ -635,7 +683,20 @@ static int member_end(struct gr_db_conn *c, bool joined)
         }
     }
     c->holds_write = false;
-    pthread_mutex_unlock(&db->write_mu);
+    if (joined && !ended && w) {
+        w->hook = c->on_commit;
+        w->hook_arg = c->on_commit_arg;
+        c->on_commit = NULL;
+        c->on_commit_arg = NULL;
+        w->rc = 0;
+        w->next = db->waiters;
+        db->waiters = w;
+        w->arm(w->arg);
+        wd_arm(db, mine);
+        unlock_write(db);
+        return GR_DB_DEFERRED;
+    }
+    unlock_write(db);
     if (!joined)
         return 0;
     if (!ended)
@@ -670,7 +731,7 @@ static void commit_if_idle(struct gr_db *db)
         else
             batch_end(db, GR_EDB);
     }
-    pthread_mutex_unlock(&db->write_mu);
+    unlock_write(db);
 }
 
 /*
@@ -711,7 +772,7 @@ static int lite_acquire(struct gr_db_conn *c)
     if (rc < 0) {
         copy_err(c, w);
         log_failure(c, "BEGIN IMMEDIATE", rc);
-        (void)member_end(c, false);
+        (void)member_end(c, false, NULL);
         c->tx = true; /* still open, failed: gr_db_commit or gr_db_rollback ends it */
         c->tx_err = rc;
         return rc;
@@ -759,7 +820,7 @@ static int lite_rollback(struct gr_db_conn *c)
         if (rc < 0)
             log_failure(w, "ROLLBACK TO", rc);
     }
-    (void)member_end(c, false);
+    (void)member_end(c, false, NULL);
     return rc;
 }
 
@@ -781,7 +842,80 @@ static int lite_commit(struct gr_db_conn *c)
         (void)lite_rollback(c);
         return rc;
     }
-    return member_end(c, true);
+    return member_end(c, true, NULL);
+}
+
+/* ---- deferred commits: the watchdog ------------------------------------------------------ */
+
+static void *watchdog(void *arg)
+{
+    struct gr_db *db = arg;
+
+    pthread_mutex_lock(&db->commit_mu);
+    while (!db->wd_stop) {
+        uint64_t b = db->wd_batch;
+        int64_t dl = atomic_load(&db->batch_t0) + BATCH_WAIT_MS * 1000000LL;
+        struct timespec ts;
+
+        if (!db->wd_armed || db->done >= b) {
+            db->wd_armed = false;
+            pthread_cond_wait(&db->wd_cv, &db->commit_mu);
+            continue;
+        }
+        if (mono_ns() < dl) {
+            ts.tv_sec = (time_t)(dl / 1000000000LL);
+            ts.tv_nsec = (long)(dl % 1000000000LL);
+            (void)pthread_cond_timedwait(&db->wd_cv, &db->commit_mu, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&db->commit_mu);
+        pthread_mutex_lock(&db->write_mu);
+        if (db->batch == b && db->batch_open) {
+            if (gr_db__lite_in_tx(db->writer))
+                (void)batch_commit(db);
+            else
+                batch_end(db, GR_EDB);
+        }
+        unlock_write(db);
+        pthread_mutex_lock(&db->commit_mu);
+    }
+    pthread_mutex_unlock(&db->commit_mu);
+    return NULL;
+}
+
+/* Has the watchdog end batch @batch in BATCH_WAIT_MS unless somebody else does. write_mu held. */
+static void wd_arm(struct gr_db *db, uint64_t batch)
+{
+    pthread_mutex_lock(&db->commit_mu);
+    if (!db->wd_on) {
+        if (pthread_create(&db->wd, NULL, watchdog, db) != 0)
+            GR_BUG("cannot start the group commit watchdog");
+        db->wd_on = true;
+    }
+    if (!db->wd_armed || db->wd_batch != batch) {
+        db->wd_armed = true;
+        db->wd_batch = batch;
+        pthread_cond_signal(&db->wd_cv);
+    }
+    pthread_mutex_unlock(&db->commit_mu);
+}
+
+int gr_db_commit_deferred(struct gr_db_conn *c, struct gr_db_waiter *w)
+{
+    int rc;
+
+    GR_ASSERT(w && w->arm && w->done);
+    if (!c->tx || c->db->engine != GR_DB_SQLITE || c->lazy || c->tx_err || !c->holds_write)
+        return gr_db_commit(c);
+    rc = gr_db__lite_run(c->via, NULL, "RELEASE gr_member", NULL, 0, NULL, NULL);
+    if (rc < 0) {
+        copy_err(c, c->via);
+        log_failure(c, "RELEASE", rc);
+        (void)lite_rollback(c);
+        return after_end(c, rc);
+    }
+    rc = member_end(c, true, w);
+    return rc == GR_DB_DEFERRED ? rc : after_end(c, rc);
 }
 
 /* ---- transactions ----------------------------------------------------------------------- */

@@ -14,6 +14,10 @@
 
 #include "gr/db.h"
 
+#define GR_DB__VFS "gr" /* db_vfs.c: unix, with a commit's WAL appends written at once */
+/* Registers the "gr" VFS once (and turns off SQLite's allocation statistics); its name, or
+ * NULL (the default VFS) if it could not be registered. */
+const char *gr_db__vfs(void);
 #define GR_DB__BATCH_RING 1024 /* results of recent batches, for members still waiting */
 
 struct gr_db {
@@ -41,6 +45,13 @@ struct gr_db {
     uint64_t batch;            /* id of the open (or next) batch, from 1 */
     uint64_t done;             /* id of the last batch that ended */
     int done_rc[GR_DB__BATCH_RING];
+    struct gr_db_waiter *waiters; /* deferred members of the open batch; write_mu */
+    /* The watchdog thread commits a batch with deferred members that nobody ends within
+     * BATCH_WAIT_MS (the deferred members' threads are not waiting to do it). commit_mu. */
+    pthread_t wd;
+    pthread_cond_t wd_cv;
+    bool wd_on, wd_stop, wd_armed;
+    uint64_t wd_batch;
     struct gr_db_conn *conns; /* every thread's connection, for gr_db_close */
 };
 

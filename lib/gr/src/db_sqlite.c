@@ -72,7 +72,8 @@ int gr_db__lite_prepare_file(const char *path, int busy_timeout_ms, char *err, s
     const unsigned char *mode;
     int rc = 0;
 
-    if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+    if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, gr_db__vfs()) !=
+        SQLITE_OK) {
         snprintf(err, errlen, "DATABASE_URL: cannot open sqlite database '%s': %s", path,
                  h ? sqlite3_errmsg(h) : "out of memory");
         rc = GR_ECONFIG;
@@ -108,7 +109,7 @@ int gr_db__lite_open(struct gr_db_conn *c)
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     int rc;
 
-    rc = sqlite3_open_v2(c->db->target, &h, flags, NULL);
+    rc = sqlite3_open_v2(c->db->target, &h, flags, gr_db__vfs());
     if (rc != SQLITE_OK) {
         gr_db__set_err(c, "open", "cannot open '%s': %s", c->db->target,
                        h ? sqlite3_errmsg(h) : sqlite3_errstr(rc));

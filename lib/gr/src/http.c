@@ -60,6 +60,12 @@ struct rstate {
     int64_t start_ns;
     size_t rm_index;
     int early_rc; /* an error found with the headers, answered on the next call */
+    struct gr_idem ik;
+    /* GR_R_TX routes on SQLite: the connection is suspended while its commit waits for the
+     * group commit batch (gr_db_commit_deferred), and answered when it is resumed. */
+    struct gr_db_waiter waiter;
+    bool deferred;
+    atomic_int commit_rc;
 };
 
 /* ---- request accessors --------------------------------------------------------------------- */
@@ -543,8 +549,30 @@ static void reset_response(struct gr_resp *resp)
     memset(resp, 0, sizeof(*resp));
 }
 
-/* The handler, inside a transaction on GR_R_TX routes (committed only on success). */
-static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
+/* gr_db_waiter.arm: the commit waits for its batch; free the thread meanwhile. */
+static void commit_arm(void *arg)
+{
+    struct rstate *st = arg;
+
+    st->deferred = true;
+    MHD_suspend_connection(st->req.conn);
+}
+
+/* gr_db_waiter.done, from the thread that ended the batch: answer on the request's thread. */
+static void commit_done(void *arg, int rc)
+{
+    struct rstate *st = arg;
+
+    atomic_store(&st->commit_rc, rc);
+    MHD_resume_connection(st->req.conn);
+}
+
+/*
+ * The handler, inside a transaction on GR_R_TX routes (committed only on success). With @w,
+ * the commit may be deferred: GR_DB_DEFERRED, and the answer comes through @w.
+ */
+static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik,
+                       struct gr_db_waiter *w)
 {
     int rc;
 
@@ -560,7 +588,7 @@ static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem 
         if (rc == 0 && ik->active)
             rc = gr_idem__store(req, resp, ik); /* with the handler's writes, or neither */
         if (rc == 0)
-            rc = gr_db_commit(req->db);
+            rc = w ? gr_db_commit_deferred(req->db, w) : gr_db_commit(req->db);
         else
             (void)gr_db_rollback(req->db);
     }
@@ -571,7 +599,7 @@ static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem 
 static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *conn)
 {
     struct gr_req *req = &st->req;
-    struct gr_idem ik;
+    struct gr_idem *ik = &st->ik;
     int rc;
 
     if (st->body_too_big)
@@ -596,11 +624,14 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
         if (rc < 0)
             return rc;
     }
-    rc = gr_idem__begin(req, &st->resp, &ik);
+    rc = gr_idem__begin(req, &st->resp, ik);
     if (rc != 0)
         return rc > 0 ? 0 : rc; /* 1: a stored response is replayed */
     for (int attempt = 1;; attempt++) {
-        rc = run_handler(req, &st->resp, &ik);
+        st->waiter = (struct gr_db_waiter){ .arm = commit_arm, .done = commit_done, .arg = st };
+        rc = run_handler(req, &st->resp, ik, &st->waiter);
+        if (rc == GR_DB_DEFERRED)
+            return rc; /* answered by finish_deferred */
         if (rc != GR_EBUSY || attempt == BUSY_ATTEMPTS)
             break;
         /*
@@ -619,7 +650,17 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
             usleep((useconds_t)(window / 2 + jitter));
         }
     }
-    gr_idem__end(req, &st->resp, &ik, rc); /* stores a 2xx not stored yet, else releases */
+    gr_idem__end(req, &st->resp, ik, rc); /* stores a 2xx not stored yet, else releases */
+    return rc;
+}
+
+/* The request's batch has ended (its connection was resumed): the rest of run. */
+static int finish_deferred(struct rstate *st)
+{
+    int rc = atomic_load(&st->commit_rc);
+
+    st->deferred = false;
+    gr_idem__end(&st->req, &st->resp, &st->ik, rc);
     return rc;
 }
 
@@ -673,9 +714,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (st->responded)
         return MHD_YES;
+    if (st->deferred)
+        return reply(srv, st, conn, finish_deferred(st));
     if (st->early_rc < 0)
         return reply(srv, st, conn, st->early_rc);
-    return reply(srv, st, conn, run(srv, st, conn));
+    rc = run(srv, st, conn);
+    if (rc == GR_DB_DEFERRED)
+        return MHD_YES; /* suspended by commit_arm */
+    return reply(srv, st, conn, rc);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -804,7 +850,7 @@ int gr_http__start(struct gr_server *srv)
     }
     srv->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
-            MHD_USE_TURBO,
+            MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME,
         (uint16_t)cfg->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &sa,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->http_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)POOL_LIMIT,

@@ -168,6 +168,38 @@ GR_MUST_CHECK int gr_db_begin(struct gr_db_conn *c);
  * returned. Serialization failures at commit give GR_EBUSY.
  */
 GR_MUST_CHECK int gr_db_commit(struct gr_db_conn *c);
+/** gr_db_commit_deferred's answer when the commit completes later, through the waiter. */
+#define GR_DB_DEFERRED 1
+
+/**
+ * A commit that completes later (gr_db_commit_deferred). Owned by the caller, untouched by it
+ * until done runs; next and the fields after it belong to gr.
+ */
+struct gr_db_waiter {
+    /* Called once, under the batch lock and before the commit can complete, when the commit
+     * is deferred (the HTTP layer suspends its connection here); must not touch the database. */
+    void (*arm)(void *arg);
+    /* Called once, from whichever thread ends the batch, with no lock held: 0 when the
+     * transaction is durable (after its gr_db_on_commit hook ran), else the error. */
+    void (*done)(void *arg, int rc);
+    void *arg;
+    struct gr_db_waiter *next;
+    int rc;
+    void (*hook)(void *);
+    void *hook_arg;
+};
+
+/**
+ * Commits like gr_db_commit, but where the caller would wait for a group commit (an SQLite
+ * transaction whose batch other writers are still adding to) returns GR_DB_DEFERRED at once
+ * after calling @w->arm; @w->done reports the outcome when the batch ends, within ~2 ms even
+ * when no other writer finishes it. The thread is free meanwhile, so the batch grows with
+ * the requests in flight rather than with the threads. Otherwise (PostgreSQL, a failed or
+ * statement-less transaction, a batch committed right here) the result is returned at once
+ * and @w is not used. The connection has no open transaction afterwards in every case; its
+ * writes are not visible to other connections until done reports 0.
+ */
+GR_MUST_CHECK int gr_db_commit_deferred(struct gr_db_conn *c, struct gr_db_waiter *w);
 /** Rolls back; safe (and 0) when no transaction is open. */
 int gr_db_rollback(struct gr_db_conn *c);
 /**

@@ -713,6 +713,251 @@ static void test_group_commit(void **state)
                      1 + NTHREADS * NTX - expect_conflicts);
 }
 
+/* ---- deferred commits ------------------------------------------------------------------ */
+
+struct dwait {
+    struct gr_db_waiter w;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int armed, done, hook_seen_at_done;
+    int rc;
+    atomic_int hooks;
+};
+
+static void dw_arm(void *arg)
+{
+    struct dwait *d = arg;
+
+    pthread_mutex_lock(&d->mu);
+    d->armed++;
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void dw_done(void *arg, int rc)
+{
+    struct dwait *d = arg;
+
+    pthread_mutex_lock(&d->mu);
+    d->done++;
+    d->rc = rc;
+    d->hook_seen_at_done = atomic_load(&d->hooks);
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void dw_hook(void *arg)
+{
+    struct dwait *d = arg;
+
+    atomic_fetch_add(&d->hooks, 1);
+}
+
+static void dw_init(struct dwait *d)
+{
+    memset(d, 0, sizeof(*d));
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
+    d->w = (struct gr_db_waiter){ .arm = dw_arm, .done = dw_done, .arg = d };
+}
+
+/* Waits (at most 5 s) until done was called; returns how often. */
+static int dw_wait(struct dwait *d)
+{
+    struct timespec ts;
+    int n;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 5;
+    pthread_mutex_lock(&d->mu);
+    while (d->done == 0 && pthread_cond_timedwait(&d->cv, &d->mu, &ts) == 0) {
+    }
+    n = d->done;
+    pthread_mutex_unlock(&d->mu);
+    return n;
+}
+
+/* A transaction begun on another thread, holding the batch open until told to finish. */
+struct holder {
+    struct gr_db *db;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stage; /* 1: begun, 2: may finish */
+    int rc;
+};
+
+static void *holder_main(void *arg)
+{
+    struct holder *h = arg;
+    struct gr_db_conn *c;
+    int rc = gr_db_conn(h->db, &c);
+
+    if (rc == 0)
+        rc = gr_db_begin(c);
+    pthread_mutex_lock(&h->mu);
+    h->stage = 1;
+    pthread_cond_broadcast(&h->cv);
+    while (h->stage < 2)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+    if (rc == 0)
+        rc = gr_db_exec(c, "INSERT INTO dc (k) VALUES ('holder')", NULL, 0, NULL);
+    if (rc == 0)
+        rc = gr_db_commit(c);
+    h->rc = rc;
+    return NULL;
+}
+
+/*
+ * With another transaction begun (so the batch is not idle), a deferred commit returns at
+ * once, arms, and is reported done within the batch wait even though nobody else ends the
+ * batch; its on-commit hook runs before done, and the row is visible once done says 0.
+ */
+static void test_commit_deferred(void **state)
+{
+    struct env *e = *state;
+    struct holder h = { .db = e->db };
+    struct dwait d;
+    pthread_t t;
+    int rc;
+
+    exec_ok(e, "CREATE TABLE dc (k TEXT PRIMARY KEY)");
+    dw_init(&d);
+    pthread_mutex_init(&h.mu, NULL);
+    pthread_cond_init(&h.cv, NULL);
+    assert_int_equal(pthread_create(&t, NULL, holder_main, &h), 0);
+    pthread_mutex_lock(&h.mu);
+    while (h.stage < 1)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO dc (k) VALUES ('mine')", NULL, 0, NULL), 0);
+    gr_db_on_commit(e->c, dw_hook, &d);
+    rc = gr_db_commit_deferred(e->c, &d.w);
+    if (e->engine == GR_DB_PG) {
+        /* PostgreSQL commits at once: the waiter is not used. */
+        assert_int_equal(rc, 0);
+        assert_int_equal(d.armed, 0);
+        assert_int_equal(atomic_load(&d.hooks), 1);
+    } else {
+        assert_int_equal(rc, GR_DB_DEFERRED);
+        assert_int_equal(d.armed, 1);
+        assert_false(gr_db_in_tx(e->c));
+        /* The holder has begun but not finished: the watchdog ends the batch. */
+        assert_int_equal(dw_wait(&d), 1);
+        assert_int_equal(d.rc, 0);
+        assert_int_equal(d.hook_seen_at_done, 1);
+    }
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM dc WHERE k = 'mine'"), 1);
+
+    pthread_mutex_lock(&h.mu);
+    h.stage = 2;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    pthread_join(t, NULL);
+    assert_int_equal(h.rc, 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM dc"), 2);
+    assert_int_equal(d.done, e->engine == GR_DB_PG ? 0 : 1);
+}
+
+/*
+ * Alone, a deferred commit commits right away (nobody else can end the batch): 0, no arm.
+ * A failed transaction is rolled back and gives its error; nothing is committed, no arm.
+ */
+static void test_commit_deferred_now(void **state)
+{
+    struct env *e = *state;
+    struct dwait d;
+
+    exec_ok(e, "CREATE TABLE dc (k TEXT PRIMARY KEY)");
+    dw_init(&d);
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO dc (k) VALUES ('a')", NULL, 0, NULL), 0);
+    assert_int_equal(gr_db_commit_deferred(e->c, &d.w), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM dc"), 1);
+
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO dc (k) VALUES ('b')", NULL, 0, NULL), 0);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO dc (k) VALUES ('a')", NULL, 0, NULL),
+                     GR_ECONFLICT);
+    assert_int_equal(gr_db_commit_deferred(e->c, &d.w), GR_ECONFLICT);
+    assert_false(gr_db_in_tx(e->c));
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM dc"), 1);
+
+    /* A transaction without a statement. */
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_commit_deferred(e->c, &d.w), 0);
+    assert_int_equal(d.armed, 0);
+    assert_int_equal(d.done, 0);
+}
+
+/* Many threads committing deferred and plain at once: every one is told once, rows all there. */
+#define DEF_THREADS 8
+#define DEF_TX      150
+
+struct defrun {
+    struct gr_db *db;
+    atomic_int errors, told, deferred;
+};
+
+static void *deferred_thread(void *arg)
+{
+    struct defrun *r = arg;
+    struct gr_db_conn *c;
+    static atomic_int seq;
+
+    if (gr_db_conn(r->db, &c) != 0) {
+        atomic_fetch_add(&r->errors, 1);
+        return NULL;
+    }
+    for (int i = 0; i < DEF_TX; i++) {
+        struct dwait d;
+        char k[32];
+        int rc;
+
+        dw_init(&d);
+        snprintf(k, sizeof(k), "k%d", atomic_fetch_add(&seq, 1));
+        rc = gr_db_begin(c);
+        if (rc == 0)
+            rc = gr_db_exec(c, "INSERT INTO dc (k) VALUES ($1)",
+                            (struct gr_db_val[]){ GR_DB_TEXT(k) }, 1, NULL);
+        if (rc == 0)
+            rc = i % 3 == 0 ? gr_db_commit(c) : gr_db_commit_deferred(c, &d.w);
+        else
+            (void)gr_db_rollback(c);
+        if (rc == GR_DB_DEFERRED) {
+            atomic_fetch_add(&r->deferred, 1);
+            if (dw_wait(&d) != 1 || d.rc != 0)
+                rc = GR_EINTERNAL;
+            else
+                rc = 0;
+        }
+        if (rc == 0)
+            atomic_fetch_add(&r->told, 1);
+        else
+            atomic_fetch_add(&r->errors, 1);
+        pthread_mutex_destroy(&d.mu);
+        pthread_cond_destroy(&d.cv);
+    }
+    return NULL;
+}
+
+static void test_commit_deferred_many(void **state)
+{
+    struct env *e = *state;
+    struct defrun r = { .db = e->db };
+    pthread_t t[DEF_THREADS];
+
+    exec_ok(e, "CREATE TABLE dc (k TEXT PRIMARY KEY)");
+    for (int i = 0; i < DEF_THREADS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, deferred_thread, &r), 0);
+    for (int i = 0; i < DEF_THREADS; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(atomic_load(&r.errors), 0);
+    assert_int_equal(atomic_load(&r.told), DEF_THREADS * DEF_TX);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM dc"), DEF_THREADS * DEF_TX);
+}
+
 /* ---- savepoints ----------------------------------------------------------------------- */
 
 /* A failed statement behind a savepoint is undone by rolling back to it; the rest commits. */
@@ -867,6 +1112,9 @@ static void test_pg_reconnect(void **state)
     X(test_group_commit)                                                                           \
     X(test_idle_tx)                                                                                \
     X(test_savepoint)                                                                              \
+    X(test_commit_deferred)                                                                        \
+    X(test_commit_deferred_now)                                                                    \
+    X(test_commit_deferred_many)                                                                   \
     X(test_pg_reconnect)
 
 #define LITE_TEST(t) cmocka_unit_test_prestate_setup_teardown(t, setup, teardown, &engine_sqlite),
