@@ -30,7 +30,8 @@ WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
 CFLAGS  := -std=c17 $(OPT) $(WARN) $(SANFLAGS) -D_GNU_SOURCE -pthread -Ilib/gr/include \
            -I/usr/include/postgresql $(EXTRA_CFLAGS)
 LDFLAGS := $(SANFLAGS) -pthread
-LIBS    := -lmicrohttpd -ljansson -lsqlite3 -lpq -lnats -lcurl -lssl -lcrypto -lm
+LIBS    := -lmicrohttpd -ljansson -lsqlite3 -lpq -lnats -lcurl -lssl -lcrypto -largon2 -loath \
+           -lcrypt -lm
 PY      := /usr/bin/python3
 
 GR_SRC  := $(sort $(wildcard lib/gr/src/*.c))
@@ -42,7 +43,8 @@ SERVICE_BINS  := $(SERVICES:%=$(BUILD)/bin/%)
 TOOLS         := $(basename $(notdir $(wildcard lib/gr/tools/*.c)))
 TOOL_BINS     := $(TOOLS:%=$(BUILD)/bin/%)
 UNIT_SRC      := $(wildcard lib/gr/tests/unit/test_*.c)
-UNIT_BINS     := $(UNIT_SRC:lib/gr/tests/unit/%.c=$(BUILD)/tests/%)
+UNIT_BINS     := $(UNIT_SRC:lib/gr/tests/unit/%.c=$(BUILD)/tests/%) \
+                 $(foreach s,$(SERVICES),$(patsubst services/$(s)/tests/unit/%.c,$(BUILD)/tests/$(s)/%,$(wildcard services/$(s)/tests/unit/test_*.c)))
 GRAVITY_SRC   := $(wildcard cmd/gravity/*.c)
 
 .PHONY: all deps run test unit http bench chaos fuzz check clean services tools
@@ -70,6 +72,10 @@ $(BUILD)/gen/$(1)/embed.c: $(wildcard services/$(1)/migrations/*.sql) $(wildcard
 $(BUILD)/bin/$(1): $(patsubst %.c,$(BUILD)/%.o,$(wildcard services/$(1)/*.c)) $(BUILD)/gen/$(1)/embed.o $(GR_LIB)
 	@mkdir -p $$(dir $$@)
 	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS)
+# A service's own unit tests (tests/unit/test_*.c): linked with its objects but service.c.
+$(BUILD)/tests/$(1)/%: $(BUILD)/services/$(1)/tests/unit/%.o $(patsubst %.c,$(BUILD)/%.o,$(filter-out services/$(1)/service.c,$(wildcard services/$(1)/*.c))) $(BUILD)/gen/$(1)/embed.o $(GR_LIB)
+	@mkdir -p $$(dir $$@)
+	$(CC) $(LDFLAGS) -o $$@ $$^ $(LIBS) -lcmocka
 endef
 $(foreach s,$(SERVICES),$(eval $(call SERVICE_RULE,$(s))))
 

@@ -6,9 +6,10 @@ set -euo pipefail
 PKGS=(
     build-essential clang libclang-rt-14-dev pkg-config
     libmicrohttpd-dev libjansson-dev libsqlite3-dev sqlite3 libpq-dev libcurl4-openssl-dev
-    libssl-dev libcmocka-dev
+    libssl-dev libcmocka-dev libargon2-dev liboath-dev libcrypt-dev
     postgresql postgresql-client
     python3 python3-jwt python3-cryptography python3-prometheus-client
+    python3-pyotp python3-passlib python3-bcrypt
     libnats-dev nats-server
     wrk nginx curl procps
 )

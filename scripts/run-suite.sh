@@ -40,7 +40,7 @@ run() { # name, command...
     if "$@"; then echo "ok: $name"; else echo "FAILED: $name"; failed+=("$name"); fi
 }
 
-for t in "$B"/tests/test_*; do
+for t in "$B"/tests/test_* "$B"/tests/*/test_*; do
     [ -x "$t" ] || continue
     run "unit $(basename "$t")" "$t"
 done

@@ -3,7 +3,7 @@
 set -euo pipefail
 B=${1:-build}
 rc=0
-for t in "$B"/tests/test_*; do
+for t in "$B"/tests/test_* "$B"/tests/*/test_*; do
     [ -x "$t" ] || continue
     echo "-- $(basename "$t")"
     "$t" || rc=1

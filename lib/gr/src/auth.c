@@ -681,6 +681,29 @@ int gr_auth_new(const char *jwks_url, const char *issuer, const char *audience,
     return 0;
 }
 
+int gr_auth_set_jwks(struct gr_auth *au, const char *jwks_json, size_t len)
+{
+    struct keyset *ks = NULL, *old;
+    int rc;
+
+    if (!au || !jwks_json || len > GR_AUTH_JWKS_MAX)
+        return GR_EINVAL;
+    rc = jwks_parse(jwks_json, len, &ks);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&au->mu);
+    if (au->src != SRC_STATIC)
+        au->src = SRC_STATIC; /* first call: before any thread verifies (see gr/auth.h) */
+    old = au->keys;
+    au->keys = ks;
+    au->tried = true;
+    if (old && --old->refs > 0)
+        old = NULL; /* the last reader frees it */
+    pthread_mutex_unlock(&au->mu);
+    keyset_free(old);
+    return 0;
+}
+
 int gr_auth_new_jwks(const char *jwks_json, size_t len, const char *issuer, const char *audience,
                      struct gr_auth **out)
 {

@@ -93,6 +93,25 @@ const char *gr_req_header(const struct gr_req *req, const char *name)
     return req->conn ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name) : NULL;
 }
 
+const char *gr_req_client_ip(struct gr_req *req)
+{
+    const union MHD_ConnectionInfo *ci;
+    char buf[INET6_ADDRSTRLEN] = "";
+    const struct sockaddr *sa;
+
+    if (!req->conn)
+        return "";
+    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    sa = ci ? ci->client_addr : NULL;
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, buf,
+                  sizeof(buf));
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, buf,
+                  sizeof(buf));
+    return gr_arena_strdup(req->arena, buf);
+}
+
 int gr_req_query_int(struct gr_req *req, struct gr_resp *resp, const char *name, long long min,
                      long long max, long long *out, bool *present)
 {
@@ -344,9 +363,14 @@ static int authenticate(struct gr_server *srv, struct rstate *st)
                                    "a bearer token is required");
         return 0;
     }
-    if (strncasecmp(h, "Bearer ", 7) != 0)
+    if (strncasecmp(h, "Bearer ", 7) != 0) {
+        /* Another scheme is the handler's business on a GR_R_OWN_AUTHZ route (e.g. Basic
+         * client authentication at an OAuth token endpoint); it never makes a principal. */
+        if (!need && (rt->flags & GR_R_OWN_AUTHZ))
+            return 0;
         return gr_resp_problem(&st->req, &st->resp, GR_EUNAUTH, NULL,
                                "the Authorization header must use the Bearer scheme");
+    }
     tok = h + 7;
     while (*tok == ' ')
         tok++;

@@ -68,6 +68,15 @@ GR_MUST_CHECK int gr_auth_new(const char *jwks_url, const char *issuer, const ch
 GR_MUST_CHECK int gr_auth_new_jwks(const char *jwks_json, size_t len, const char *issuer,
                                    const char *audience, struct gr_auth **out);
 
+/**
+ * Makes @au verify against the key set @jwks_json (@len bytes, borrowed) from now on instead of
+ * its JWKS_URL, and never fetch again: the auth service, which holds the keys, verifies its own
+ * tokens this way and calls it again after each key rotation. The first call must come before
+ * any thread verifies with @au (a service's init hook); later calls are thread-safe.
+ * Errors: GR_EINVAL when @jwks_json is not a JWKS object.
+ */
+GR_MUST_CHECK int gr_auth_set_jwks(struct gr_auth *au, const char *jwks_json, size_t len);
+
 /** Frees @au (NULL is a no-op). No verify may be running on it. */
 void gr_auth_free(struct gr_auth *au);
 

@@ -73,6 +73,11 @@ typedef int (*gr_handler_fn)(struct gr_req *req, struct gr_resp *resp);
 
 /** Path parameter by name (NULL if absent). Borrowed from the arena. */
 const char *gr_req_param(const struct gr_req *req, const char *name);
+/**
+ * The peer's IP address as text ("127.0.0.1", "::1"; "" when unknown), in the arena. This is
+ * the TCP peer: behind the gateway it is the gateway's address.
+ */
+const char *gr_req_client_ip(struct gr_req *req);
 /** Query parameter by name (NULL if absent). */
 const char *gr_req_query(const struct gr_req *req, const char *name);
 /** Request header by name, case-insensitive (NULL if absent). Borrowed. */

@@ -23,6 +23,9 @@ enum gr_route_flags {
     GR_R_IK = 1u << 3,          /* honours Idempotency-Key (events issue) */
     GR_R_IK_REQUIRED = 1u << 4, /* requires Idempotency-Key (events issue) */
     GR_R_INTERNAL = 1u << 5,    /* platform route (/health, /metrics): no access log at info */
+    GR_R_OWN_AUTHZ = 1u << 6,   /* public route whose handler reads a non-Bearer Authorization
+                                 * itself (Basic client authentication of an OAuth token
+                                 * endpoint); elsewhere another scheme is a 401 */
 };
 
 struct gr_route {

@@ -1164,6 +1164,16 @@ class CaseRun:
             "EVENT_BUS": "http", "EVENT_BUS_URL": self.runner.dead_bus_url,
         })
         env.pop("SERVICE_TOKEN", None)
+        # service.env beside the case file: KEY=VALUE lines added to the service's environment
+        # (e.g. the auth service's bootstrap administrator).
+        senv = os.path.join(os.path.dirname(os.path.abspath(self.path)), "service.env")
+        if os.path.isfile(senv):
+            with open(senv, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#") and "=" in line:
+                        k, v = line.split("=", 1)
+                        env[k.strip()] = v.strip()
         pg_name = None
         server = None
         passed = False

@@ -1,0 +1,95 @@
+/*
+ * service.c - auth-service (SERVICES §05) on :8001 under /api/v1/auth: accounts, passwords,
+ * access and refresh tokens, the JWKS every service verifies against, login defences.
+ * Everything shared is gr_main's; the init hook loads the key-encryption key and the signing
+ * keys (creating the first on a fresh database), points this process's own token verifier at
+ * them, and creates the first super_admin when asked (decision 11).
+ *
+ * Configuration (besides ARCHITECTURE §1): AUTH_KEY_SECRET (>= 32 bytes; else a key file in
+ * DATA_DIR), AUTH_SIGNING_ALG (ES256 | RS256, default ES256), AUTH_BOOTSTRAP_ADMIN_EMAIL and
+ * AUTH_BOOTSTRAP_ADMIN_PASSWORD, NOTIFICATION_URL and AUTH_RESET_LINK_BASE (password reset),
+ * AUTH_MAX_HASHING (concurrent Argon2 computations, default 4).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gr/log.h"
+#include "auth.h"
+#include "password.h"
+
+static struct auth_app the_app;
+
+static int init(struct gr_ctx *ctx, void **app_out)
+{
+    struct auth_app *app = &the_app;
+    const char *alg = getenv("AUTH_SIGNING_ALG");
+    const char *maxh = getenv("AUTH_MAX_HASHING");
+    int rc;
+
+    app->ctx = ctx;
+    app->signing_alg = alg && *alg ? alg : "ES256";
+    if (strcmp(app->signing_alg, "ES256") != 0 && strcmp(app->signing_alg, "RS256") != 0) {
+        fprintf(stderr, "05-auth-service: AUTH_SIGNING_ALG must be ES256 or RS256, got '%.32s'\n",
+                app->signing_alg);
+        return GR_ECONFIG;
+    }
+    if (maxh && *maxh) {
+        char *end;
+        long v = strtol(maxh, &end, 10);
+
+        if (*end || v < 1 || v > 256) {
+            fprintf(stderr, "05-auth-service: AUTH_MAX_HASHING must be 1..256\n");
+            return GR_ECONFIG;
+        }
+        pw_set_max_concurrent((int)v);
+    }
+    if (!ctx->db) {
+        gr_log_error("auth-service needs a database");
+        return GR_ECONFIG;
+    }
+    pthread_rwlock_init(&app->keys_mu, NULL);
+    app->rl = gr_rl_new(65536);
+    rc = auth_kek_load(app, ctx->cfg.data_dir);
+    if (rc == 0)
+        rc = auth_keys_init(app);
+    if (rc == 0)
+        rc = auth_bootstrap_admin(app);
+    if (rc < 0)
+        return rc;
+    *app_out = app;
+    return 0;
+}
+
+static void fini(struct gr_ctx *ctx, void *p)
+{
+    struct auth_app *app = p;
+
+    (void)ctx;
+    gr_rl_free(app->rl);
+    free(app->jwks);
+    app->jwks = NULL;
+}
+
+static const struct gr_service auth_service = {
+    .name = "auth-service",
+    .id = "05-auth-service",
+    .version = "0.1.0",
+    .port = 8001,
+    .routes = auth_routes,
+    .nroutes = AUTH_NROUTES,
+    .migrations = gr_svc_migrations,
+    .openapi_json = gr_svc_openapi_json,
+    /* Credentials and sessions: a lost commit after a power cut must not resurrect a revoked
+     * session or a reset token. */
+    .sqlite_sync_full = true,
+    .init = init,
+    .fini = fini,
+    .subs = auth_subs,
+    .nsubs = AUTH_NSUBS,
+};
+
+int main(int argc, char **argv)
+{
+    return gr_main(&auth_service, argc, argv);
+}
