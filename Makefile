@@ -111,6 +111,7 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@bench/run.sh
 	@BUILD=$(BUILD) bench/bus.sh
+	@BUILD=$(BUILD) bench/auth.sh
 
 CHAOS_EVENTS ?= 100000
 CHAOS_KILLS  ?= 20

@@ -73,6 +73,14 @@ if [ -x "$B/bin/14-event-bus-service" ]; then
     run "bus: outbox -> 14 -> inbox (pg)" "$PY" tests/bus/test-outbox.py "$B" "$pg_url"
 fi
 
+if [ -x "$B/bin/05-auth-service" ]; then
+    run "05-auth-service reset and verification links (sqlite)" "$PY" \
+        services/05-auth-service/tests/test-links.py "$B/bin/05-auth-service"
+    run "05-auth-service reset and verification links (pg)" "$PY" \
+        services/05-auth-service/tests/test-links.py "$B/bin/05-auth-service" \
+        --pg-url "$(scripts/pg.sh createdb "$tmp/pg" auth_links)"
+fi
+
 if [ -x "$B/bin/gr-bus-probe" ]; then
     for engine in sqlite pg; do
         run "gr [IK!] routes on gr-bus-probe ($engine)" env PROBE_MODE=producer "$PY" \

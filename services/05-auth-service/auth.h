@@ -36,6 +36,7 @@ struct auth_app {
     int64_t keys_loaded_ms;    /* keys_mu */
     struct gr_rl *rl;          /* login limits (decision 19) */
     const char *signing_alg;   /* AUTH_SIGNING_ALG: ES256 (default) or RS256 */
+    int rl_user, rl_ip;        /* logins a minute per (IP, identifier) and per IP */
 };
 
 /* ---- secrets.c ---------------------------------------------------------------------------- */
@@ -97,7 +98,7 @@ extern const struct gr_sub auth_subs[AUTH_NSUBS];
 
 /* ---- handlers ----------------------------------------------------------------------------- */
 
-#define AUTH_NROUTES 24
+#define AUTH_NROUTES 26
 
 extern const struct gr_route auth_routes[AUTH_NROUTES];
 
@@ -111,6 +112,8 @@ int auth_jwks(struct gr_req *req, struct gr_resp *resp);
 int auth_keys_rotate_h(struct gr_req *req, struct gr_resp *resp);
 int auth_password_reset(struct gr_req *req, struct gr_resp *resp);
 int auth_password_reset_confirm(struct gr_req *req, struct gr_resp *resp);
+int auth_verify_email_request(struct gr_req *req, struct gr_resp *resp);
+int auth_verify_email_confirm(struct gr_req *req, struct gr_resp *resp);
 /* admin.c: roles, sessions, service clients, imports */
 int auth_roles_list(struct gr_req *req, struct gr_resp *resp);
 int auth_roles_create(struct gr_req *req, struct gr_resp *resp);
@@ -149,6 +152,7 @@ int auth_account_for_email(struct gr_req *req, const char *email, const char **i
 
 /* notify.c: sends the reset link to the notification service (best effort). */
 void auth_reset_link_send(struct gr_req *req, const char *email, const char *token);
+void auth_verify_link_send(struct gr_req *req, const char *email, const char *token);
 
 /* users.c */
 /** Validates and normalises an email (lowercase, 3..254, local@domain.tld); NULL if invalid. */

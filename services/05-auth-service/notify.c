@@ -2,7 +2,7 @@
  * notify.c - the password-reset link goes straight to the notification service (07), never
  * on the bus (SERVICES §05): POST $NOTIFICATION_URL/api/v1/notifications with the link, best
  * effort (the reset endpoint answers 202 whatever happens, so nobody learns whether the email
- * has an account). Without NOTIFICATION_URL the link is dropped with a log line that names
+ * has an account). Email verification links travel the same way (AUTH_VERIFY_LINK_BASE). Without NOTIFICATION_URL the link is dropped with a log line that names
  * no secret. AUTH_RESET_LINK_BASE is the page that takes the token (default
  * http://127.0.0.1:8000/reset-password?token=).
  */
@@ -21,10 +21,11 @@ static size_t sink(void *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
-void auth_reset_link_send(struct gr_req *req, const char *email, const char *token)
+static void link_send(struct gr_req *req, const char *email, const char *token,
+                      const char *template, const char *link_env, const char *link_default)
 {
     const char *base = getenv("NOTIFICATION_URL");
-    const char *link_base = getenv("AUTH_RESET_LINK_BASE");
+    const char *link_base = getenv(link_env);
     const char *svc_token = getenv("SERVICE_TOKEN");
     struct curl_slist *h = NULL;
     json_t *body;
@@ -34,14 +35,12 @@ void auth_reset_link_send(struct gr_req *req, const char *email, const char *tok
     long status = 0;
 
     if (!base || !*base) {
-        gr_log_info("password reset requested; no NOTIFICATION_URL, link not sent");
+        gr_log_info("no NOTIFICATION_URL: link not sent", "template", template);
         return;
     }
     body = json_pack("{s:s,s:s,s:s,s:{s:s}}", "channel", "email", "to", email, "template",
-                     "password_reset", "data", "link",
-                     gr_arena_printf(req->arena, "%s%s",
-                                     link_base ? link_base
-                                               : "http://127.0.0.1:8000/reset-password?token=",
+                     template, "data", "link",
+                     gr_arena_printf(req->arena, "%s%s", link_base ? link_base : link_default,
                                      token));
     text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
@@ -68,9 +67,21 @@ void auth_reset_link_send(struct gr_req *req, const char *email, const char *tok
     if (cc == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     if (cc != CURLE_OK || status < 200 || status >= 300)
-        gr_log_warn("password reset link not delivered", "error",
+        gr_log_warn("link not delivered", "template", template, "error",
                     cc != CURLE_OK ? curl_easy_strerror(cc) : "notification service refused");
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     free(text);
+}
+
+void auth_reset_link_send(struct gr_req *req, const char *email, const char *token)
+{
+    link_send(req, email, token, "password_reset", "AUTH_RESET_LINK_BASE",
+              "http://127.0.0.1:8000/reset-password?token=");
+}
+
+void auth_verify_link_send(struct gr_req *req, const char *email, const char *token)
+{
+    link_send(req, email, token, "email_verification", "AUTH_VERIFY_LINK_BASE",
+              "http://127.0.0.1:8000/verify-email?token=");
 }

@@ -20,6 +20,8 @@ const struct gr_route auth_routes[] = {
     {"POST",   A "/token",                    auth_token,                  GR_R_OWN_AUTHZ, NULL, NULL, 0},
     {"POST",   A "/password-reset",           auth_password_reset,         J, NULL, NULL, 0},
     {"POST",   A "/password-reset/confirm",   auth_password_reset_confirm, J, NULL, NULL, 0},
+    {"POST",   A "/verify-email",             auth_verify_email_request,   GR_R_AUTH, NULL, NULL, 0},
+    {"POST",   A "/verify-email/confirm",     auth_verify_email_confirm,   J, NULL, NULL, 0},
     {"POST",   A "/mfa/totp",                 auth_mfa_totp_enroll,        GR_R_AUTH, NULL, NULL, 0},
     {"POST",   A "/mfa/totp/verify",          auth_mfa_totp_verify,        J | GR_R_AUTH, NULL, NULL, 0},
     {"DELETE", A "/mfa/totp",                 auth_mfa_totp_delete,        J | GR_R_AUTH, NULL, NULL, 0},

@@ -8,8 +8,10 @@
  * Configuration (besides ARCHITECTURE §1): AUTH_KEY_SECRET (>= 32 bytes; else a key file in
  * DATA_DIR), AUTH_SIGNING_ALG (ES256 | RS256, default ES256), AUTH_BOOTSTRAP_ADMIN_EMAIL and
  * AUTH_BOOTSTRAP_ADMIN_PASSWORD, NOTIFICATION_URL and AUTH_RESET_LINK_BASE (password reset),
- * AUTH_MAX_HASHING (concurrent Argon2 computations, default 4).
+ * AUTH_MAX_HASHING (concurrent Argon2 computations, default 4), AUTH_LOGIN_LIMIT_PER_USER and
+ * AUTH_LOGIN_LIMIT_PER_IP (logins a minute, default 5 and 60).
  */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,23 @@
 
 static struct auth_app the_app;
 
+/* An integer variable in [lo, hi], or @def when unset; -1 (with a message) when malformed. */
+static int env_int(const char *name, int def, int lo, int hi)
+{
+    const char *v = getenv(name);
+    char *end;
+    long x;
+
+    if (!v || !*v)
+        return def;
+    x = strtol(v, &end, 10);
+    if (*end || x < lo || x > hi) {
+        fprintf(stderr, "05-auth-service: %s must be %d..%d\n", name, lo, hi);
+        return -1;
+    }
+    return (int)x;
+}
+
 static int init(struct gr_ctx *ctx, void **app_out)
 {
     struct auth_app *app = &the_app;
@@ -27,6 +46,9 @@ static int init(struct gr_ctx *ctx, void **app_out)
     const char *maxh = getenv("AUTH_MAX_HASHING");
     int rc;
 
+    /* Argon2 takes 19 MiB per hash: keep such blocks mmap'd so that each is returned to the
+     * system when freed (glibc would otherwise raise its threshold and keep them in arenas). */
+    (void)mallopt(M_MMAP_THRESHOLD, 1 << 20);
     app->ctx = ctx;
     app->signing_alg = alg && *alg ? alg : "ES256";
     if (strcmp(app->signing_alg, "ES256") != 0 && strcmp(app->signing_alg, "RS256") != 0) {
@@ -44,6 +66,11 @@ static int init(struct gr_ctx *ctx, void **app_out)
         }
         pw_set_max_concurrent((int)v);
     }
+    /* Decision 19; raise them only for load tests or behind a proxy that limits itself. */
+    app->rl_user = env_int("AUTH_LOGIN_LIMIT_PER_USER", 5, 1, 1000000);
+    app->rl_ip = env_int("AUTH_LOGIN_LIMIT_PER_IP", 60, 1, 1000000);
+    if (app->rl_user < 0 || app->rl_ip < 0)
+        return GR_ECONFIG;
     if (!ctx->db) {
         gr_log_error("auth-service needs a database");
         return GR_ECONFIG;

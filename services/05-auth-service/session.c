@@ -18,9 +18,7 @@
 #include "auth.h"
 #include "password.h"
 
-#define RL_USER_LIMIT 5
-#define RL_IP_LIMIT   60
-#define RL_WINDOW_MS  60000
+#define RL_WINDOW_MS 60000
 
 static int bad_credentials(struct gr_req *req, struct gr_resp *resp)
 {
@@ -97,10 +95,10 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
         ident = low;
     }
     ip = gr_req_client_ip(req);
-    if (!gr_rl_hit(app->rl, gr_arena_printf(req->arena, "ip|%s", ip), RL_IP_LIMIT, RL_WINDOW_MS,
+    if (!gr_rl_hit(app->rl, gr_arena_printf(req->arena, "ip|%s", ip), app->rl_ip, RL_WINDOW_MS,
                    &retry) ||
         !gr_rl_hit(app->rl, gr_arena_printf(req->arena, "ipu|%s|%.200s", ip, ident),
-                   RL_USER_LIMIT, RL_WINDOW_MS, &retry)) {
+                   app->rl_user, RL_WINDOW_MS, &retry)) {
         gr_resp_header(req, resp, "Retry-After", gr_arena_printf(req->arena, "%d", retry));
         return gr_resp_problem(req, resp, GR_ERATE, "login_rate_limited",
                                "too many login attempts; retry in %d s", retry);

@@ -248,3 +248,100 @@ int auth_caller(struct gr_req *req, struct gr_resp *resp)
         return gr_resp_problem(req, resp, GR_EUNAUTH, NULL, "invalid or expired token");
     return 0;
 }
+
+/* POST /api/v1/auth/verify-email: sends the caller a verification link (202) */
+int auth_verify_email_request(struct gr_req *req, struct gr_resp *resp)
+{
+    struct gr_db_rows *rows = NULL;
+    char tok[AUTH_TOKEN_B64 + 1], hash[AUTH_SHA256_HEX], now[GR_TIME_STR_LEN];
+    const char *email;
+    int rc = auth_caller(req, resp);
+
+    if (rc < 0)
+        return rc;
+    rc = gr_db_query(req->db, req->arena,
+                     "SELECT email, email_verified FROM credentials WHERE id = $1",
+                     (struct gr_db_val[]){ GR_DB_TEXT(req->principal->sub) }, 1, &rows);
+    if (rc < 0)
+        return rc;
+    if (gr_db_nrows(rows) == 0)
+        return gr_resp_problem(req, resp, GR_ENOTFOUND, NULL, "no account for this token");
+    if (gr_db_int(rows, 0, 1))
+        return gr_resp_problem(req, resp, GR_ECONFLICT, "email_verified",
+                               "the email is already verified");
+    email = gr_db_text(rows, 0, 0);
+    rc = auth_random_token(tok);
+    auth_sha256_hex(tok, AUTH_TOKEN_B64, hash);
+    gr_time_format(gr_time_now_ms(), now);
+    if (rc == 0)
+        rc = gr_req_begin(req);
+    if (rc == 0)
+        rc = gr_db_exec(req->db,
+                        "INSERT INTO email_verifications (token_hash, user_id, email, expires_at,"
+                        " created_at) VALUES ($1, $2, $3, $4, $5)",
+                        (struct gr_db_val[]){ GR_DB_TEXT(hash), GR_DB_TEXT(req->principal->sub),
+                                              GR_DB_TEXT(email),
+                                              GR_DB_INT(gr_time_now_s() + 86400),
+                                              GR_DB_TEXT(now) },
+                        5, NULL);
+    if (rc == 0)
+        rc = gr_db_commit(req->db);
+    if (rc < 0)
+        return rc;
+    auth_verify_link_send(req, email, tok);
+    gr_resp_json(resp, 202, json_pack("{s:s}", "status", "accepted"));
+    return 0;
+}
+
+/* POST /api/v1/auth/verify-email/confirm {token} → 204 */
+int auth_verify_email_confirm(struct gr_req *req, struct gr_resp *resp)
+{
+    static const char *const keys[] = { "token", NULL };
+    struct gr_json_rd r = { .a = req->arena, .errs = &resp->errs };
+    struct gr_db_rows *rows = NULL;
+    const char *tok = NULL;
+    char hash[AUTH_SHA256_HEX];
+    long long changes = 0;
+    int rc;
+
+    (void)gr_json_only(&r, req->json, "", keys);
+    (void)gr_json_str(&r, req->json, "", "token", GR_JSON_REQUIRED, 1, 512, &tok, NULL);
+    if (resp->errs.n > 0)
+        return GR_EVALID;
+    auth_sha256_hex(tok, strlen(tok), hash);
+    rc = gr_req_begin(req);
+    if (rc == 0)
+        rc = gr_db_query(req->db, req->arena,
+                         "SELECT user_id, email FROM email_verifications WHERE token_hash = $1"
+                         " AND used_at IS NULL AND expires_at > $2",
+                         (struct gr_db_val[]){ GR_DB_TEXT(hash), GR_DB_INT(gr_time_now_s()) }, 2,
+                         &rows);
+    if (rc < 0)
+        return rc;
+    if (gr_db_nrows(rows) == 0) {
+        (void)gr_db_rollback(req->db);
+        return gr_resp_problem(req, resp, GR_EUNAUTH, "invalid_verification_token",
+                               "invalid, used or expired verification token");
+    }
+    rc = gr_db_exec(req->db,
+                    "UPDATE email_verifications SET used_at = $2 WHERE token_hash = $1 AND"
+                    " used_at IS NULL",
+                    (struct gr_db_val[]){ GR_DB_TEXT(hash), GR_DB_INT(gr_time_now_s()) }, 2,
+                    &changes);
+    if (rc == 0 && changes == 0)
+        rc = GR_EBUSY;
+    /* Only the address the link was sent to: an email changed since is not verified by it. */
+    if (rc == 0)
+        rc = gr_db_exec(req->db,
+                        "UPDATE credentials SET email_verified = 1, version = version + 1"
+                        " WHERE id = $1 AND email = $2",
+                        (struct gr_db_val[]){ GR_DB_TEXT(gr_db_text(rows, 0, 0)),
+                                              GR_DB_TEXT(gr_db_text(rows, 0, 1)) },
+                        2, NULL);
+    if (rc == 0)
+        rc = gr_db_commit(req->db);
+    if (rc < 0)
+        return rc;
+    resp->status = 204;
+    return 0;
+}
