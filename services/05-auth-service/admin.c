@@ -17,13 +17,13 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "gr/bus.h"
+#include "auth.h"
 #include "gr/buf.h"
+#include "gr/bus.h"
 #include "gr/id.h"
 #include "gr/json.h"
 #include "gr/log.h"
 #include "gr/time.h"
-#include "auth.h"
 
 #define MAX_PERMS 64
 #define MAX_ROLES 16
@@ -101,8 +101,8 @@ static json_t *role_json(struct gr_req *req, const char *name, const char *desc)
                     (struct gr_db_val[]){ GR_DB_TEXT(name) }, 1, &p) == 0)
         for (size_t i = 0; i < gr_db_nrows(p); i++)
             json_array_append_new(perms, json_string(gr_db_text(p, i, 0)));
-    return json_pack("{s:s,s:s,s:o}", "name", name, "description", desc ? desc : "",
-                     "permissions", perms);
+    return json_pack("{s:s,s:s,s:o}", "name", name, "description", desc ? desc : "", "permissions",
+                     perms);
 }
 
 /* GET /api/v1/auth/roles */
@@ -110,18 +110,16 @@ int auth_roles_list(struct gr_req *req, struct gr_resp *resp)
 {
     struct gr_db_rows *rows = NULL;
     json_t *data;
-    int rc = gr_db_query(req->db, req->arena,
-                         "SELECT name, description FROM roles ORDER BY name LIMIT 1000", NULL, 0,
-                         &rows);
+    int rc =
+        gr_db_query(req->db, req->arena,
+                    "SELECT name, description FROM roles ORDER BY name LIMIT 1000", NULL, 0, &rows);
 
     if (rc < 0)
         return rc;
     data = json_array();
     for (size_t i = 0; i < gr_db_nrows(rows); i++)
-        json_array_append_new(data,
-                              role_json(req, gr_db_text(rows, i, 0), gr_db_text(rows, i, 1)));
-    gr_resp_json(resp, 200, json_pack("{s:o,s:b,s:n}", "data", data, "has_more", 0,
-                                      "next_cursor"));
+        json_array_append_new(data, role_json(req, gr_db_text(rows, i, 0), gr_db_text(rows, i, 1)));
+    gr_resp_json(resp, 200, json_pack("{s:o,s:b,s:n}", "data", data, "has_more", 0, "next_cursor"));
     return 0;
 }
 
@@ -130,7 +128,7 @@ static int emit_role_updated(struct gr_req *req, const char *subject, json_t *da
     char *text = json_dumps(data, JSON_COMPACT);
     int rc = text ? gr_req_emit(req, "auth.role.updated", subject, text) : GR_EINTERNAL;
 
-    free(text);
+    gr_free(text);
     return rc;
 }
 
@@ -167,11 +165,10 @@ int auth_roles_create(struct gr_req *req, struct gr_resp *resp)
     gr_time_format(gr_time_now_ms(), now);
     rc = gr_req_begin(req);
     if (rc == 0)
-        rc = gr_db_exec(req->db,
-                        "INSERT INTO roles (name, description, created_at) VALUES ($1, $2, $3)",
-                        (struct gr_db_val[]){ GR_DB_TEXT(name), GR_DB_TEXT(desc ? desc : ""),
-                                              GR_DB_TEXT(now) },
-                        3, NULL);
+        rc = gr_db_exec(
+            req->db, "INSERT INTO roles (name, description, created_at) VALUES ($1, $2, $3)",
+            (struct gr_db_val[]){ GR_DB_TEXT(name), GR_DB_TEXT(desc ? desc : ""), GR_DB_TEXT(now) },
+            3, NULL);
     if (rc == GR_ECONFLICT) {
         (void)gr_db_rollback(req->db);
         return gr_resp_problem(req, resp, GR_ECONFLICT, "role_exists", "role '%s' exists", name);
@@ -326,8 +323,7 @@ int auth_users_import(struct gr_req *req, struct gr_resp *resp)
 
     (void)gr_json_only(&r, req->json, "", keys);
     (void)gr_json_str(&r, req->json, "", "email", GR_JSON_REQUIRED, 3, 254, &email_in, NULL);
-    (void)gr_json_str(&r, req->json, "", "password_hash", GR_JSON_REQUIRED, 20, 255, &hash,
-                      NULL);
+    (void)gr_json_str(&r, req->json, "", "password_hash", GR_JSON_REQUIRED, 20, 255, &hash, NULL);
     email = email_in ? auth_email_norm(req->arena, email_in) : NULL;
     if (email_in && !email)
         gr_resp_field_error(req, resp, "/email", "must be an email address");
@@ -381,24 +377,22 @@ int auth_sessions_list(struct gr_req *req, struct gr_resp *resp)
 
     if (rc < 0)
         return rc;
-    rc = gr_db_query(req->db, req->arena,
-                     "SELECT family_id, created_at, user_agent, ip FROM refresh_tokens"
-                     " WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL AND"
-                     " expires_at > $2 ORDER BY created_at DESC, id DESC LIMIT 100",
-                     (struct gr_db_val[]){ GR_DB_TEXT(req->principal->sub),
-                                           GR_DB_INT(gr_time_now_s()) },
-                     2, &rows);
+    rc = gr_db_query(
+        req->db, req->arena,
+        "SELECT family_id, created_at, user_agent, ip FROM refresh_tokens"
+        " WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL AND"
+        " expires_at > $2 ORDER BY created_at DESC, id DESC LIMIT 100",
+        (struct gr_db_val[]){ GR_DB_TEXT(req->principal->sub), GR_DB_INT(gr_time_now_s()) }, 2,
+        &rows);
     if (rc < 0)
         return rc;
     data = json_array();
     for (size_t i = 0; i < gr_db_nrows(rows); i++)
-        json_array_append_new(data, json_pack("{s:s,s:s,s:s?,s:s?}", "id",
-                                              gr_db_text(rows, i, 0), "last_used_at",
-                                              gr_db_text(rows, i, 1), "user_agent",
-                                              gr_db_text(rows, i, 2), "ip",
-                                              gr_db_text(rows, i, 3)));
-    gr_resp_json(resp, 200, json_pack("{s:o,s:b,s:n}", "data", data, "has_more", 0,
-                                      "next_cursor"));
+        json_array_append_new(data,
+                              json_pack("{s:s,s:s,s:s?,s:s?}", "id", gr_db_text(rows, i, 0),
+                                        "last_used_at", gr_db_text(rows, i, 1), "user_agent",
+                                        gr_db_text(rows, i, 2), "ip", gr_db_text(rows, i, 3)));
+    gr_resp_json(resp, 200, json_pack("{s:o,s:b,s:n}", "data", data, "has_more", 0, "next_cursor"));
     return 0;
 }
 
@@ -485,13 +479,12 @@ int auth_clients_create(struct gr_req *req, struct gr_resp *resp)
                         (struct gr_db_val[]){ GR_DB_TEXT(cid), GR_DB_TEXT(hash),
                                               GR_DB_TEXT(roles_text), GR_DB_TEXT(now) },
                         4, NULL);
-    free(roles_text);
+    gr_free(roles_text);
     if (rc == 0)
         rc = gr_db_commit(req->db);
     if (rc == GR_ECONFLICT) {
         json_decref(arr);
-        return gr_resp_problem(req, resp, GR_ECONFLICT, "client_exists", "client '%s' exists",
-                               cid);
+        return gr_resp_problem(req, resp, GR_ECONFLICT, "client_exists", "client '%s' exists", cid);
     }
     if (rc < 0) {
         json_decref(arr);
@@ -566,8 +559,8 @@ static int form_get(struct gr_req *req, const char *key, const char **out)
 int auth_token(struct gr_req *req, struct gr_resp *resp)
 {
     struct auth_app *app = req->app;
-    const char *ct = gr_req_header(req, "Content-Type"), *grant = NULL, *cid = NULL,
-               *secret = NULL, *basic = gr_req_header(req, "Authorization");
+    const char *ct = gr_req_header(req, "Content-Type"), *grant = NULL, *cid = NULL, *secret = NULL,
+               *basic = gr_req_header(req, "Authorization");
     char hash[AUTH_SHA256_HEX], *access = NULL;
     struct gr_db_rows *rows = NULL, *p = NULL;
     json_t *roles = NULL, *perms, *croles;

@@ -16,16 +16,16 @@
 #include "gr/router.h"
 #include "gr/service.h"
 
-#define AUTH_ACCESS_TTL_S   3600            /* decision 10 */
-#define AUTH_REFRESH_TTL_S  (30 * 86400)    /* a session lives 30 days without use */
-#define AUTH_GRACE_MS       10000           /* decision 20: parallel refresh of one token */
-#define AUTH_RESET_TTL_S    3600            /* §05: reset tokens live 1 h */
-#define AUTH_LOCK_AFTER     10              /* consecutive failures that lock the account */
-#define AUTH_LOCK_S         (15 * 60)
-#define AUTH_PW_MIN         8               /* decision 4 */
-#define AUTH_PW_MAX         128
-#define AUTH_TOKEN_B64      43              /* 32 random bytes as unpadded base64url */
-#define AUTH_SHA256_HEX     65
+#define AUTH_ACCESS_TTL_S  3600         /* decision 10 */
+#define AUTH_REFRESH_TTL_S (30 * 86400) /* a session lives 30 days without use */
+#define AUTH_GRACE_MS      10000        /* decision 20: parallel refresh of one token */
+#define AUTH_RESET_TTL_S   3600         /* §05: reset tokens live 1 h */
+#define AUTH_LOCK_AFTER    10           /* consecutive failures that lock the account */
+#define AUTH_LOCK_S        (15 * 60)
+#define AUTH_PW_MIN        8 /* decision 4 */
+#define AUTH_PW_MAX        128
+#define AUTH_TOKEN_B64     43 /* 32 random bytes as unpadded base64url */
+#define AUTH_SHA256_HEX    65
 
 struct auth_app {
     struct gr_ctx *ctx;
@@ -72,8 +72,8 @@ int auth_keys_sign(struct auth_app *app, json_t *claims, char **out);
 /* ---- tokens.c ----------------------------------------------------------------------------- */
 
 /** A user's roles and expanded permissions ("*" for super_admin), as JSON arrays (new refs). */
-int auth_user_grants(struct gr_db_conn *db, struct gr_arena *a, const char *user_id,
-                     json_t **roles, json_t **perms);
+int auth_user_grants(struct gr_db_conn *db, struct gr_arena *a, const char *user_id, json_t **roles,
+                     json_t **perms);
 /** A signed access token for @sub with @roles/@perms (borrowed); *@jti (arena) if non-NULL. */
 int auth_access_token(struct auth_app *app, struct gr_arena *a, const char *sub, json_t *roles,
                       json_t *perms, char **token, const char **jti);

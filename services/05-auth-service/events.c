@@ -6,10 +6,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth.h"
 #include "gr/id.h"
 #include "gr/log.h"
 #include "gr/time.h"
-#include "auth.h"
 
 #define SOURCE "/gravity/auth-service"
 

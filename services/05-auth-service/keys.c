@@ -12,11 +12,11 @@
  */
 #include <string.h>
 
+#include "auth.h"
 #include "gr/bus.h"
 #include "gr/id.h"
 #include "gr/log.h"
 #include "gr/time.h"
-#include "auth.h"
 
 #define KEYS_MAX        16
 #define RETIRE_LEEWAY_S 120
@@ -65,7 +65,7 @@ static int key_create(struct auth_app *app, struct gr_db_conn *db, struct gr_are
                                               GR_DB_TEXT(jwk_text), GR_DB_TEXT(sealed),
                                               GR_DB_INT(signs_from), GR_DB_TEXT(now) },
                         6, NULL);
-    free(jwk_text);
+    gr_free(jwk_text);
     json_decref(jwk);
     gr_jwt_key_free(k);
     if (rc == 0 && kid_out)
@@ -132,7 +132,7 @@ static int keys_load(struct auth_app *app)
     if (rc < 0) {
         for (size_t i = 0; i < nfresh; i++)
             gr_jwt_key_free(fresh[i].k);
-        free(jwks);
+        gr_free(jwks);
         gr_arena_release(&a);
         return rc;
     }
@@ -141,7 +141,7 @@ static int keys_load(struct auth_app *app)
         gr_jwt_key_free(loaded[i].k);
     memcpy(loaded, fresh, nfresh * sizeof(fresh[0]));
     nloaded = nfresh;
-    free(app->jwks);
+    gr_free(app->jwks);
     app->jwks = jwks;
     app->keys_loaded_ms = gr_time_mono_ms();
     pthread_rwlock_unlock(&app->keys_mu);
@@ -198,8 +198,7 @@ int auth_keys_rotate(struct auth_app *app, struct gr_req *req, const char *alg, 
         rc = gr_db_exec(req->db,
                         "UPDATE signing_keys SET retire_at = $1 WHERE retire_at IS NULL"
                         " AND kid <> $2",
-                        (struct gr_db_val[]){ GR_DB_INT(from + AUTH_ACCESS_TTL_S +
-                                                        RETIRE_LEEWAY_S),
+                        (struct gr_db_val[]){ GR_DB_INT(from + AUTH_ACCESS_TTL_S + RETIRE_LEEWAY_S),
                                               GR_DB_TEXT(kid) },
                         2, NULL);
     if (rc == 0) {

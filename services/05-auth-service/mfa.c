@@ -10,10 +10,10 @@
  */
 #include <string.h>
 
+#include "auth.h"
 #include "gr/json.h"
 #include "gr/log.h"
 #include "gr/time.h"
-#include "auth.h"
 #include "totp.h"
 
 struct mfa_state {

@@ -4,7 +4,7 @@
  *
  * Argon2id with m=19456 KiB costs 19 MiB per computation, so the limiter is what keeps a burst of
  * logins from exhausting memory: every computation takes a slot first, and a caller that waits
- * longer than the configured time gets GR_EBUSY instead of queueing without bound. The limit is
+ * longer than the configured time receives GR_EBUSY instead of queueing without bound. The limit is
  * process-wide on purpose (it guards the process's memory), which is why its state is the one
  * mutable global of this file, guarded by a mutex.
  *
@@ -260,9 +260,8 @@ static int verify_argon2id(const char *pw, size_t len, const char *stored, bool 
     pw__slot_release();
     if (rc == ARGON2_OK) {
         *ok = true;
-        *needs_upgrade = a.v < ARGON2_VERSION_13 || a.m < PW_ARGON2_M_KIB ||
-                         a.t < PW_ARGON2_T || a.saltlen < PW_SALT_LEN ||
-                         a.hashlen < PW_HASH_LEN;
+        *needs_upgrade = a.v < ARGON2_VERSION_13 || a.m < PW_ARGON2_M_KIB || a.t < PW_ARGON2_T ||
+                         a.saltlen < PW_SALT_LEN || a.hashlen < PW_HASH_LEN;
         return 0;
     }
     if (rc == ARGON2_MEMORY_ALLOCATION_ERROR) {
@@ -279,7 +278,8 @@ static bool bcrypt_shape_ok(const char *s, size_t slen)
     int cost;
 
     if (slen != BCRYPT_LEN || s[0] != '$' || s[1] != '2' ||
-        (s[2] != 'a' && s[2] != 'b' && s[2] != 'y') || s[3] != '$' || s[4] < '0' || s[4] > '9' || s[5] < '0' || s[5] > '9' || s[6] != '$')
+        (s[2] != 'a' && s[2] != 'b' && s[2] != 'y') || s[3] != '$' || s[4] < '0' || s[4] > '9' ||
+        s[5] < '0' || s[5] > '9' || s[6] != '$')
         return false;
     cost = (s[4] - '0') * 10 + (s[5] - '0');
     if (cost < 4 || cost > PW_BCRYPT_MAX_COST)

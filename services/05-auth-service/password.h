@@ -6,7 +6,7 @@
  * Hashes are PHC strings ("$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>") that callers store
  * as TEXT. Every Argon2 or bcrypt computation takes a slot from one process-wide limit, so that a
  * burst of logins cannot allocate 19 MiB per request without bound; a caller that cannot get a
- * slot within the wait gets GR_EBUSY (503). Nothing here logs a password or a hash.
+ * slot within the wait receives GR_EBUSY (503). Nothing here logs a password or a hash.
  *
  * All functions are thread-safe.
  */
@@ -110,12 +110,12 @@ void pw_set_wait_ms(int ms);
 
 /** A snapshot of the hashing limiter, for /metrics and tests. */
 struct pw_stats {
-    int max;         /* current limit */
-    int active;      /* computations running now */
-    int peak;        /* most computations that ran at once since the last reset */
-    int waiting;     /* callers waiting for a slot now */
-    uint64_t runs;   /* slots granted since the last reset */
-    uint64_t busy;   /* callers turned away with GR_EBUSY since the last reset */
+    int max;       /* current limit */
+    int active;    /* computations running now */
+    int peak;      /* most computations that ran at once since the last reset */
+    int waiting;   /* callers waiting for a slot now */
+    uint64_t runs; /* slots granted since the last reset */
+    uint64_t busy; /* callers turned away with GR_EBUSY since the last reset */
 };
 
 /** Copies the limiter's counters into @out (caller's memory). */

@@ -18,12 +18,12 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "auth.h"
 #include "gr/buf.h"
 #include "gr/log.h"
-#include "auth.h"
 
-#define NONCE 12
-#define TAG   16
+#define NONCE    12
+#define TAG      16
 #define SEAL_MAX 8192 /* bytes of plaintext sealed at most */
 
 int auth_kek_load(struct auth_app *app, const char *data_dir)
@@ -128,8 +128,7 @@ int auth_open(const struct auth_app *app, struct gr_arena *a, const char *sealed
     ok = EVP_DecryptInit_ex(cx, EVP_aes_256_gcm(), NULL, app->kek, raw) == 1 &&
          EVP_DecryptUpdate(cx, (unsigned char *)plain, &len, raw + NONCE,
                            (int)(raw_len - NONCE - TAG)) == 1 &&
-         EVP_CIPHER_CTX_ctrl(cx, EVP_CTRL_GCM_SET_TAG, TAG,
-                             (void *)(raw + raw_len - TAG)) == 1 &&
+         EVP_CIPHER_CTX_ctrl(cx, EVP_CTRL_GCM_SET_TAG, TAG, (void *)(raw + raw_len - TAG)) == 1 &&
          EVP_DecryptFinal_ex(cx, (unsigned char *)plain + len, &fin) == 1;
     EVP_CIPHER_CTX_free(cx);
     if (!ok)

@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gr/log.h"
 #include "auth.h"
+#include "gr/log.h"
 #include "password.h"
 
 static struct auth_app the_app;
@@ -94,7 +94,7 @@ static void fini(struct gr_ctx *ctx, void *p)
 
     (void)ctx;
     gr_rl_free(app->rl);
-    free(app->jwks);
+    gr_free(app->jwks);
     app->jwks = NULL;
 }
 

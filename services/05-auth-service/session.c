@@ -10,12 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "gr/bus.h"
 #include "gr/id.h"
 #include "gr/json.h"
 #include "gr/log.h"
 #include "gr/time.h"
-#include "auth.h"
 #include "password.h"
 
 #define RL_WINDOW_MS 60000
@@ -46,8 +46,7 @@ static int login_failed(struct gr_req *req, const char *user_id, long long faile
                         "UPDATE credentials SET failed_logins = failed_logins + 1,"
                         " locked_until = $2 WHERE id = $1",
                         (struct gr_db_val[]){ GR_DB_TEXT(user_id),
-                                              GR_DB_INT(lock ? gr_time_now_s() + AUTH_LOCK_S
-                                                             : 0) },
+                                              GR_DB_INT(lock ? gr_time_now_s() + AUTH_LOCK_S : 0) },
                         2, NULL);
     if (rc == 0)
         rc = emit_simple(req, "auth.login.failed", user_id, "bad_password");
@@ -78,8 +77,7 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     (void)gr_json_str(&r, req->json, "", "username", GR_JSON_OPTIONAL, 1, 254, &user_in, NULL);
     (void)gr_json_str(&r, req->json, "", "email", GR_JSON_OPTIONAL, 1, 254, &email_in, NULL);
     /* Any length is checked against the hash (a short one simply fails), up to the cap. */
-    (void)gr_json_str(&r, req->json, "", "password", GR_JSON_REQUIRED, 1, AUTH_PW_MAX, &pw,
-                      NULL);
+    (void)gr_json_str(&r, req->json, "", "password", GR_JSON_REQUIRED, 1, AUTH_PW_MAX, &pw, NULL);
     (void)gr_json_str(&r, req->json, "", "totp", GR_JSON_OPTIONAL, 1, 32, &code, NULL);
     if (!user_in == !email_in && resp->errs.n == 0)
         gr_resp_field_error(req, resp, "", "give exactly one of username and email");
@@ -97,8 +95,8 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     ip = gr_req_client_ip(req);
     if (!gr_rl_hit(app->rl, gr_arena_printf(req->arena, "ip|%s", ip), app->rl_ip, RL_WINDOW_MS,
                    &retry) ||
-        !gr_rl_hit(app->rl, gr_arena_printf(req->arena, "ipu|%s|%.200s", ip, ident),
-                   app->rl_user, RL_WINDOW_MS, &retry)) {
+        !gr_rl_hit(app->rl, gr_arena_printf(req->arena, "ipu|%s|%.200s", ip, ident), app->rl_user,
+                   RL_WINDOW_MS, &retry)) {
         gr_resp_header(req, resp, "Retry-After", gr_arena_printf(req->arena, "%d", retry));
         return gr_resp_problem(req, resp, GR_ERATE, "login_rate_limited",
                                "too many login attempts; retry in %d s", retry);
@@ -117,8 +115,8 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     }
     user_id = gr_db_text(rows, 0, 0);
     hash_text = gr_db_text(rows, 0, 1);
-    locked = gr_db_int(rows, 0, 4) > gr_time_now_s() ||
-             strcmp(gr_db_text(rows, 0, 2), "active") != 0;
+    locked =
+        gr_db_int(rows, 0, 4) > gr_time_now_s() || strcmp(gr_db_text(rows, 0, 2), "active") != 0;
     if (locked) {
         if (pw_dummy_verify(pw, strlen(pw)) == GR_EBUSY)
             return GR_EUNAVAIL;
@@ -139,8 +137,9 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
         rc = auth_mfa_check(req, user_id, gr_db_text(rows, 0, 6), gr_db_int(rows, 0, 7), code);
         if (rc == GR_EUNAUTH) {
             rc = login_failed(req, user_id, gr_db_int(rows, 0, 3));
-            return rc < 0 ? rc : gr_resp_problem(req, resp, GR_EUNAUTH, "invalid_totp",
-                                                 "invalid or already used TOTP code");
+            return rc < 0 ? rc
+                          : gr_resp_problem(req, resp, GR_EUNAUTH, "invalid_totp",
+                                            "invalid or already used TOTP code");
         }
         if (rc < 0)
             return rc;
@@ -453,10 +452,9 @@ int auth_password_reset(struct gr_req *req, struct gr_resp *resp)
             rc = gr_db_exec(req->db,
                             "INSERT INTO password_resets (token_hash, user_id, expires_at,"
                             " created_at) VALUES ($1, $2, $3, $4)",
-                            (struct gr_db_val[]){ GR_DB_TEXT(hash),
-                                                  GR_DB_TEXT(gr_db_text(rows, 0, 0)),
-                                                  GR_DB_INT(gr_time_now_s() + AUTH_RESET_TTL_S),
-                                                  GR_DB_TEXT(now) },
+                            (struct gr_db_val[]){
+                                GR_DB_TEXT(hash), GR_DB_TEXT(gr_db_text(rows, 0, 0)),
+                                GR_DB_INT(gr_time_now_s() + AUTH_RESET_TTL_S), GR_DB_TEXT(now) },
                             4, NULL);
         if (rc < 0)
             return rc;
@@ -480,8 +478,8 @@ int auth_password_reset_confirm(struct gr_req *req, struct gr_resp *resp)
 
     (void)gr_json_only(&r, req->json, "", keys);
     (void)gr_json_str(&r, req->json, "", "token", GR_JSON_REQUIRED, 1, 512, &tok, NULL);
-    (void)gr_json_str(&r, req->json, "", "new_password", GR_JSON_REQUIRED, AUTH_PW_MIN,
-                      AUTH_PW_MAX, &pw, NULL);
+    (void)gr_json_str(&r, req->json, "", "new_password", GR_JSON_REQUIRED, AUTH_PW_MIN, AUTH_PW_MAX,
+                      &pw, NULL);
     if (resp->errs.n > 0)
         return GR_EVALID;
     auth_sha256_hex(tok, strlen(tok), hash);

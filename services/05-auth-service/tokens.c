@@ -10,14 +10,14 @@
  */
 #include <string.h>
 
+#include "auth.h"
 #include "gr/bus.h"
 #include "gr/id.h"
 #include "gr/log.h"
 #include "gr/time.h"
-#include "auth.h"
 
-int auth_user_grants(struct gr_db_conn *db, struct gr_arena *a, const char *user_id,
-                     json_t **roles, json_t **perms)
+int auth_user_grants(struct gr_db_conn *db, struct gr_arena *a, const char *user_id, json_t **roles,
+                     json_t **perms)
 {
     struct gr_db_rows *r = NULL, *p = NULL;
     int rc;
@@ -58,11 +58,10 @@ int auth_access_token(struct auth_app *app, struct gr_arena *a, const char *sub,
     int rc;
 
     gr_id_new(id);
-    claims = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:O,s:O}", "iss",
-                       app->ctx->cfg.jwt_issuer, "aud", app->ctx->cfg.jwt_audience, "sub", sub,
-                       "iat", (json_int_t)now, "nbf", (json_int_t)now, "exp",
-                       (json_int_t)(now + AUTH_ACCESS_TTL_S), "jti", id, "roles", roles,
-                       "permissions", perms);
+    claims = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:O,s:O}", "iss", app->ctx->cfg.jwt_issuer,
+                       "aud", app->ctx->cfg.jwt_audience, "sub", sub, "iat", (json_int_t)now, "nbf",
+                       (json_int_t)now, "exp", (json_int_t)(now + AUTH_ACCESS_TTL_S), "jti", id,
+                       "roles", roles, "permissions", perms);
     if (!claims)
         return GR_EINTERNAL;
     rc = auth_keys_sign(app, claims, &t);
@@ -88,19 +87,17 @@ int auth_refresh_new(struct gr_req *req, const char *user_id, const char *family
     gr_id_new(id);
     gr_time_format(gr_time_now_ms(), now);
     auth_sha256_hex(tok, AUTH_TOKEN_B64, hash);
-    rc = gr_db_exec(req->db,
-                    "INSERT INTO refresh_tokens (id, family_id, parent_id, user_id, token_hash,"
-                    " expires_at, created_at, user_agent, ip)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(family_id ? family_id : id),
-                                          GR_DB_TEXT(parent_id), GR_DB_TEXT(user_id),
-                                          GR_DB_TEXT(hash),
-                                          GR_DB_INT(gr_time_now_s() + AUTH_REFRESH_TTL_S),
-                                          GR_DB_TEXT(now),
-                                          GR_DB_TEXT(ua ? gr_arena_strndup(req->arena, ua, 200)
-                                                        : NULL),
-                                          GR_DB_TEXT(gr_req_client_ip(req)) },
-                    9, NULL);
+    rc = gr_db_exec(
+        req->db,
+        "INSERT INTO refresh_tokens (id, family_id, parent_id, user_id, token_hash,"
+        " expires_at, created_at, user_agent, ip)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(family_id ? family_id : id),
+                              GR_DB_TEXT(parent_id), GR_DB_TEXT(user_id), GR_DB_TEXT(hash),
+                              GR_DB_INT(gr_time_now_s() + AUTH_REFRESH_TTL_S), GR_DB_TEXT(now),
+                              GR_DB_TEXT(ua ? gr_arena_strndup(req->arena, ua, 200) : NULL),
+                              GR_DB_TEXT(gr_req_client_ip(req)) },
+        9, NULL);
     if (rc < 0)
         return rc;
     *token = gr_arena_strdup(req->arena, tok);
@@ -129,8 +126,8 @@ int auth_family_revoke(struct gr_req *req, const char *family_id, const char *us
     if (rc < 0 || changes == 0)
         return rc;
     snprintf(data, sizeof(data),
-             "{\"user_id\":\"%s\",\"family_id\":\"%s\",\"jti\":null,\"reason\":\"%s\"}",
-             user_id, family_id, reason);
+             "{\"user_id\":\"%s\",\"family_id\":\"%s\",\"jti\":null,\"reason\":\"%s\"}", user_id,
+             family_id, reason);
     return gr_req_emit(req, "auth.token.revoked", user_id, data);
 }
 

@@ -23,14 +23,14 @@
 
 #include "totp.h"
 
-#define B32_ALPHABET     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz234567"
-#define B32_MIN          16 /* 80 bits, RFC 4226's minimum key size was 128; 80 is common */
-#define KEY_MAX          80 /* bytes; TOTP_SECRET_B32_MAX decodes to at most 65 */
-#define NOW_MAX          (1LL << 40) /* far beyond any real clock, far from overflow */
-#define RC_ALPHABET      "0123456789abcdefghjkmnpqrstvwxyz"
-#define RC_SYMBOLS       (2 * TOTP_RC_GROUP)
-#define RC_INPUT_MAX     64 /* longest typed recovery code that is looked at */
-#define RC_MAX_PER_CALL  64
+#define B32_ALPHABET    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz234567"
+#define B32_MIN         16          /* 80 bits, RFC 4226's minimum key size was 128; 80 is common */
+#define KEY_MAX         80          /* bytes; TOTP_SECRET_B32_MAX decodes to at most 65 */
+#define NOW_MAX         (1LL << 40) /* far beyond any real clock, far from overflow */
+#define RC_ALPHABET     "0123456789abcdefghjkmnpqrstvwxyz"
+#define RC_SYMBOLS      (2 * TOTP_RC_GROUP)
+#define RC_INPUT_MAX    64 /* longest typed recovery code that is looked at */
+#define RC_MAX_PER_CALL 64
 
 static pthread_once_t oath_once = PTHREAD_ONCE_INIT;
 static int oath_init_rc = OATH_OK;

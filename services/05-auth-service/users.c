@@ -6,12 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "gr/bus.h"
 #include "gr/id.h"
 #include "gr/json.h"
 #include "gr/log.h"
 #include "gr/time.h"
-#include "auth.h"
 #include "password.h"
 
 const char *auth_email_norm(struct gr_arena *a, const char *s)
@@ -24,8 +24,8 @@ const char *auth_email_norm(struct gr_arena *a, const char *s)
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
 
-        if (c <= 0x20 || c >= 0x7f || c == '"' || c == '(' || c == ')' || c == ',' ||
-            c == ':' || c == ';' || c == '<' || c == '>' || c == '[' || c == ']' || c == '\\')
+        if (c <= 0x20 || c >= 0x7f || c == '"' || c == '(' || c == ')' || c == ',' || c == ':' ||
+            c == ';' || c == '<' || c == '>' || c == '[' || c == ']' || c == '\\')
             return NULL;
         if (c == '@') {
             if (at != n)
@@ -86,14 +86,14 @@ static int account_insert(struct gr_req *req, const char *id, const char *email,
                         (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(role) }, 2, NULL);
     if (rc < 0)
         return rc;
-    data = json_pack("{s:s,s:s,s:s?,s:[s],s:i,s:s}", "id", id, "email", email, "username",
-                     username, "roles", role, "version", 1, "created_at", now);
+    data = json_pack("{s:s,s:s,s:s?,s:[s],s:i,s:s}", "id", id, "email", email, "username", username,
+                     "roles", role, "version", 1, "created_at", now);
     text = json_dumps(data, JSON_COMPACT);
     json_decref(data);
     if (!text)
         return GR_EINTERNAL;
     rc = gr_req_emit(req, "user.created", id, text);
-    free(text);
+    gr_free(text);
     return rc;
 }
 
@@ -144,8 +144,7 @@ int auth_register(struct gr_req *req, struct gr_resp *resp)
     gr_resp_header(req, resp, "Location", gr_arena_printf(req->arena, "/api/v1/auth/users/%s", id));
     gr_resp_json(resp, 201,
                  json_pack("{s:s,s:s,s:s?,s:[s],s:b,s:s}", "id", id, "email", email, "username",
-                           username, "roles", "customer", "email_verified", 0, "created_at",
-                           now));
+                           username, "roles", "customer", "email_verified", 0, "created_at", now));
     return 0;
 }
 
@@ -237,14 +236,19 @@ int auth_caller(struct gr_req *req, struct gr_resp *resp)
 
     if (!req->principal)
         return gr_resp_problem(req, resp, GR_EUNAUTH, NULL, "a bearer token is required");
-    if (auth_jti_revoked(req, req->principal->jti))
-        return gr_resp_problem(req, resp, GR_EUNAUTH, NULL, "invalid or expired token");
-    rc = gr_db_query(req->db, req->arena, "SELECT status FROM credentials WHERE id = $1",
-                     (struct gr_db_val[]){ GR_DB_TEXT(req->principal->sub) }, 1, &rows);
+    /* One round trip: the account's status (none for a service token) and the jti's revocation. */
+    rc = gr_db_query(
+        req->db, req->arena,
+        "SELECT (SELECT status FROM credentials WHERE id = $1),"
+        " (SELECT 1 FROM revoked_tokens WHERE jti = $2)",
+        (struct gr_db_val[]){ GR_DB_TEXT(req->principal->sub),
+                              GR_DB_TEXT(req->principal->jti ? req->principal->jti : "") },
+        2, &rows);
     if (rc < 0)
         return rc;
-    /* Service tokens have no account; a disabled or erased account's tokens are dead. */
-    if (gr_db_nrows(rows) > 0 && strcmp(gr_db_text(rows, 0, 0), "active") != 0)
+    /* A revoked jti, or a disabled or erased account: the token is dead. */
+    if (gr_db_nrows(rows) != 1 || !gr_db_isnull(rows, 0, 1) ||
+        (!gr_db_isnull(rows, 0, 0) && strcmp(gr_db_text(rows, 0, 0), "active") != 0))
         return gr_resp_problem(req, resp, GR_EUNAUTH, NULL, "invalid or expired token");
     return 0;
 }
@@ -280,8 +284,7 @@ int auth_verify_email_request(struct gr_req *req, struct gr_resp *resp)
                         "INSERT INTO email_verifications (token_hash, user_id, email, expires_at,"
                         " created_at) VALUES ($1, $2, $3, $4, $5)",
                         (struct gr_db_val[]){ GR_DB_TEXT(hash), GR_DB_TEXT(req->principal->sub),
-                                              GR_DB_TEXT(email),
-                                              GR_DB_INT(gr_time_now_s() + 86400),
+                                              GR_DB_TEXT(email), GR_DB_INT(gr_time_now_s() + 86400),
                                               GR_DB_TEXT(now) },
                         5, NULL);
     if (rc == 0)

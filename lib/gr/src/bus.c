@@ -180,9 +180,9 @@ int gr_bus_emit(struct gr_db_conn *db, const char *source, const char *type, con
         return rc ? rc : GR_EINTERNAL;
     hlen = strlen(head_txt); /* "{...}": replace the closing brace by ,"data":<data>} */
     elen = hlen - 1 + strlen(",\"data\":") + dlen + 1;
-    env = malloc(elen + 1);
+    env = gr_xmalloc(elen + 1);
     if (!env) {
-        free(head_txt);
+        gr_free(head_txt);
         return GR_EINTERNAL;
     }
     memcpy(env, head_txt, hlen - 1);
@@ -190,14 +190,14 @@ int gr_bus_emit(struct gr_db_conn *db, const char *source, const char *type, con
     memcpy(env + hlen - 1 + 8, data, dlen);
     env[elen - 1] = '}';
     env[elen] = '\0';
-    free(head_txt);
+    gr_free(head_txt);
     rc = gr_db_exec(db,
                     "INSERT INTO outbox (id, type, subject, envelope, created_at)"
                     " VALUES ($1, $2, $3, $4, $5)",
                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(type), GR_DB_TEXT(subject),
                                           GR_DB_TEXT(env), GR_DB_TEXT(now) },
                     5, NULL);
-    free(env);
+    gr_free(env);
     if (rc < 0)
         return rc;
     if (the_bus)
@@ -252,7 +252,7 @@ int gr_bus_parse_event(struct gr_arena *a, const char *json, size_t len, struct 
     dtxt = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER) : NULL;
     ev->data = gr_arena_strdup(a, dtxt ? dtxt : "null");
     ev->data_len = strlen(ev->data);
-    free(dtxt);
+    gr_free(dtxt);
     rc = 0;
 out:
     json_decref(o);

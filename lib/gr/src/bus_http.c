@@ -184,7 +184,7 @@ static int h_subscribe(struct gr_bus_backend *b, const char *durable, const stru
     gr_free(h->sub_req);
     h->sub_req = gr_xstrdup(txt);
     snprintf(h->durable, sizeof(h->durable), "%s", durable);
-    free(txt);
+    gr_free(txt);
     h->sub_id[0] = '\0';
     return sub_bind(h, timeout_ms);
 }
@@ -240,7 +240,7 @@ static int h_pull(struct gr_bus_backend *b, struct gr_arena *a, size_t max, int 
         } else if (seq > 0) {
             gr_log_warn("event bus delivered a malformed event, dropped");
         }
-        free(txt);
+        gr_free(txt);
     }
     json_decref(r);
     *out = in;

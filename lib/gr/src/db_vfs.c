@@ -24,6 +24,7 @@
 #include <sqlite3.h>
 
 #include "db_int.h"
+#include "gr/arena.h"
 
 #define WAL_BUF (1u << 20) /* bytes of WAL appends gathered at most */
 /* The unix VFS writes at most 128 KiB - 1 per call (seekAndWrite masks the count). */
@@ -75,7 +76,7 @@ static int g_close(sqlite3_file *p)
     if (!f->is_wal && f->wal)
         f->wal->owner = NULL;
     rc2 = f->real->pMethods ? f->real->pMethods->xClose(f->real) : SQLITE_OK;
-    free(f->buf);
+    gr_free(f->buf);
     f->buf = NULL;
     return rc != SQLITE_OK ? rc : rc2;
 }
@@ -103,8 +104,8 @@ static int g_write(sqlite3_file *p, const void *in, int n, sqlite3_int64 off)
         rc = flush(f);
         if (rc != SQLITE_OK)
             return rc;
-        if (!f->buf && !(f->buf = malloc(WAL_BUF)))
-            return f->real->pMethods->xWrite(f->real, in, n, off);
+        if (!f->buf)
+            f->buf = gr_xmalloc(WAL_BUF);
         memcpy(f->buf, in, (size_t)n);
         f->buf_off = off;
         f->buf_len = (size_t)n;
@@ -235,10 +236,9 @@ static int g_unfetch(sqlite3_file *p, sqlite3_int64 off, void *ptr)
 }
 
 static const sqlite3_io_methods g_methods = {
-    3,          g_close,   g_read,    g_write,       g_truncate,  g_sync,
-    g_size,     g_lock,    g_unlock,  g_reserved,    g_fcntl,     g_sector,
-    g_devchar,  g_shm_map, g_shm_lock, g_shm_barrier, g_shm_unmap, g_fetch,
-    g_unfetch,
+    3,          g_close,       g_read,      g_write, g_truncate, g_sync,    g_size,
+    g_lock,     g_unlock,      g_reserved,  g_fcntl, g_sector,   g_devchar, g_shm_map,
+    g_shm_lock, g_shm_barrier, g_shm_unmap, g_fetch, g_unfetch,
 };
 
 static int g_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *p, int flags,

@@ -111,8 +111,7 @@ static void roll(struct slot *s, int64_t now, int64_t window_ms)
     }
 }
 
-bool gr_rl_hit(struct gr_rl *rl, const char *key, int limit, int64_t window_ms,
-               int *retry_after_s)
+bool gr_rl_hit(struct gr_rl *rl, const char *key, int limit, int64_t window_ms, int *retry_after_s)
 {
     int64_t now = gr_time_now_ms();
     struct slot *s;

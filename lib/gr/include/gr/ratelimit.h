@@ -31,8 +31,7 @@ void gr_rl_free(struct gr_rl *rl);
  * window of @window_ms; false otherwise, with *@retry_after_s (may be NULL) set to the whole
  * seconds (at least 1) until the window ends.
  */
-bool gr_rl_hit(struct gr_rl *rl, const char *key, int limit, int64_t window_ms,
-               int *retry_after_s);
+bool gr_rl_hit(struct gr_rl *rl, const char *key, int limit, int64_t window_ms, int *retry_after_s);
 
 /** True when one more event for @key would be refused now (does not count one). */
 bool gr_rl_exceeded(struct gr_rl *rl, const char *key, int limit, int64_t window_ms,

@@ -17,6 +17,8 @@
 #include <cmocka.h>
 #include <liboath/oath.h>
 
+#include "gr/arena.h"
+
 #include "../../totp.h"
 
 /* RFC 6238's SHA-1 key "12345678901234567890" in base32. */
@@ -113,14 +115,14 @@ static void test_code_used_once(void **state)
 static void test_malformed(void **state)
 {
     static const char *const bad_codes[] = {
-        "",        "12345",    "1234567", "12a456", "abcdef", " 123456", "123456 ", "12 456",
-        "-12345",  "+12345",   "12345\n", "１２３", "1234\xff" "5",
+        "",       "12345",  "1234567", "12a456",  "abcdef", " 123456",      "123456 ",
+        "12 456", "-12345", "+12345",  "12345\n", "１２３", "1234\xff\x35",
     };
     static const char *const bad_secrets[] = {
         "",
-        "GEZDGNBV",                           /* 40 bits: too short */
-        "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJ!",   /* not base32 */
-        "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJ0",   /* 0 is not base32 */
+        "GEZDGNBV",                             /* 40 bits: too short */
+        "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJ!",     /* not base32 */
+        "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJ0",     /* 0 is not base32 */
         "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ====", /* padding */
         "GEZD GNBV GY3T QOJQ GEZD GNBV GY3T QOJQ",
     };
@@ -170,7 +172,7 @@ static void test_secret_new(void **state)
     assert_int_equal(oath_base32_decode(a, strlen(a), &raw, &rawlen), OATH_OK);
     assert_int_equal(rawlen, TOTP_SECRET_BYTES);
     code_at(raw, rawlen, 1700000015, 6, c);
-    free(raw);
+    gr_free(raw);
     assert_int_equal(totp_verify(a, c, 1700000015, -1, &step), 0);
     /* Too small a buffer. */
     b[0] = 'x';
@@ -254,8 +256,13 @@ static void test_recovery_codes(void **state)
 
     /* Anything that is not a code hashes to nothing. */
     {
-        static const char *const bad[] = { "", "abcde", "abcde-fghj", "abcde-fghjkm",
-                                           "abcde-fghju", "abcde_fghjk", "abcde-fghj\xc3\xa9" };
+        static const char *const bad[] = { "",
+                                           "abcde",
+                                           "abcde-fghj",
+                                           "abcde-fghjkm",
+                                           "abcde-fghju",
+                                           "abcde_fghjk",
+                                           "abcde-fghj\xc3\xa9" };
         char longcode[200];
 
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -324,8 +331,7 @@ static void test_pyotp_interop(void **state)
     assert_true(step >= now / 30 - 1 && step <= now / 30 + 1);
 
     /* The provisioning URI, read by pyotp as an app would: same label, same codes. */
-    assert_int_equal(
-        totp_uri(secret, "ACME Co", "jos\xc3\xa9@example.com", uri, sizeof(uri)), 0);
+    assert_int_equal(totp_uri(secret, "ACME Co", "jos\xc3\xa9@example.com", uri, sizeof(uri)), 0);
     snprintf(args, sizeof(args), "--label --uri '%s'", uri);
     assert_true(pyotp_run(script, args, out, sizeof(out)));
     assert_string_equal(out, "ACME Co\tjos\xc3\xa9@example.com");
@@ -338,10 +344,10 @@ static void test_pyotp_interop(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rfc6238_vectors),   cmocka_unit_test(test_drift_one_step_not_two),
-        cmocka_unit_test(test_code_used_once),    cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_secret_new),        cmocka_unit_test(test_uri),
-        cmocka_unit_test(test_recovery_codes),    cmocka_unit_test(test_pyotp_interop),
+        cmocka_unit_test(test_rfc6238_vectors), cmocka_unit_test(test_drift_one_step_not_two),
+        cmocka_unit_test(test_code_used_once),  cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_secret_new),      cmocka_unit_test(test_uri),
+        cmocka_unit_test(test_recovery_codes),  cmocka_unit_test(test_pyotp_interop),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
