@@ -658,3 +658,40 @@ int auth_token(struct gr_req *req, struct gr_resp *resp)
                            "expires_in", AUTH_ACCESS_TTL_S));
     return 0;
 }
+
+int auth_bootstrap_client(struct auth_app *app)
+{
+    const char *cid = getenv("AUTH_BOOTSTRAP_CLIENT_ID");
+    const char *secret = getenv("AUTH_BOOTSTRAP_CLIENT_SECRET");
+    struct gr_db_conn *db;
+    char hash[AUTH_SHA256_HEX], now[GR_TIME_STR_LEN];
+    int rc;
+
+    if (!cid || !*cid || !secret || !*secret)
+        return 0;
+    if (!name_ok(cid, 64) || strlen(cid) < 3 || strlen(secret) < 32 || strlen(secret) > 256) {
+        gr_log_error("AUTH_BOOTSTRAP_CLIENT_ID must be 3..64 of a-z 0-9 . _ - and "
+                     "AUTH_BOOTSTRAP_CLIENT_SECRET 32..256 bytes");
+        return GR_ECONFIG;
+    }
+    auth_sha256_hex(secret, strlen(secret), hash);
+    gr_time_format(gr_time_now_ms(), now);
+    rc = gr_db_conn(app->ctx->db, &db);
+    if (rc == 0)
+        rc = gr_db_begin(db);
+    /* The secret may change between runs (gravity up makes a new one each time). */
+    if (rc == 0)
+        rc = gr_db_exec(db,
+                        "INSERT INTO service_clients (client_id, secret_hash, roles, created_at)"
+                        " VALUES ($1, $2, '[\"service\"]', $3) ON CONFLICT (client_id) DO UPDATE"
+                        " SET secret_hash = excluded.secret_hash",
+                        (struct gr_db_val[]){ GR_DB_TEXT(cid), GR_DB_TEXT(hash), GR_DB_TEXT(now) },
+                        3, NULL);
+    if (rc == 0)
+        rc = gr_db_commit(db);
+    else
+        (void)gr_db_rollback(db);
+    if (rc == 0)
+        gr_log_info("service client ready", "client_id", cid);
+    return rc;
+}

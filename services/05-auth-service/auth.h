@@ -124,6 +124,12 @@ int auth_sessions_list(struct gr_req *req, struct gr_resp *resp);
 int auth_sessions_delete(struct gr_req *req, struct gr_resp *resp);
 int auth_clients_create(struct gr_req *req, struct gr_resp *resp);
 int auth_token(struct gr_req *req, struct gr_resp *resp);
+/**
+ * Creates (or updates the secret of) the service client AUTH_BOOTSTRAP_CLIENT_ID /
+ * AUTH_BOOTSTRAP_CLIENT_SECRET with role "service", when both are set: how `gravity up` gives
+ * every service a client-credentials login without an administrator.
+ */
+int auth_bootstrap_client(struct auth_app *app);
 /* mfa.c: TOTP enrolment (RFC 6238) with recovery codes */
 int auth_mfa_totp_enroll(struct gr_req *req, struct gr_resp *resp);
 int auth_mfa_totp_verify(struct gr_req *req, struct gr_resp *resp);

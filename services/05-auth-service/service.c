@@ -9,7 +9,8 @@
  * DATA_DIR), AUTH_SIGNING_ALG (ES256 | RS256, default ES256), AUTH_BOOTSTRAP_ADMIN_EMAIL and
  * AUTH_BOOTSTRAP_ADMIN_PASSWORD, NOTIFICATION_URL and AUTH_RESET_LINK_BASE (password reset),
  * AUTH_MAX_HASHING (concurrent Argon2 computations, default 4), AUTH_LOGIN_LIMIT_PER_USER and
- * AUTH_LOGIN_LIMIT_PER_IP (logins a minute, default 5 and 60).
+ * AUTH_LOGIN_LIMIT_PER_IP (logins a minute, default 5 and 60), AUTH_BOOTSTRAP_CLIENT_ID and
+ * AUTH_BOOTSTRAP_CLIENT_SECRET (a service client made at start-up, for `gravity up`).
  */
 #include <malloc.h>
 #include <stdio.h>
@@ -82,6 +83,8 @@ static int init(struct gr_ctx *ctx, void **app_out)
         rc = auth_keys_init(app);
     if (rc == 0)
         rc = auth_bootstrap_admin(app);
+    if (rc == 0)
+        rc = auth_bootstrap_client(app);
     if (rc < 0)
         return rc;
     *app_out = app;
