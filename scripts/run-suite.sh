@@ -71,6 +71,10 @@ if [ -x "$B/bin/14-event-bus-service" ]; then
     done
     run "bus: outbox -> 14 -> inbox (sqlite)" "$PY" tests/bus/test-outbox.py "$B"
     run "bus: outbox -> 14 -> inbox (pg)" "$PY" tests/bus/test-outbox.py "$B" "$pg_url"
+    run "06-user-service events (sqlite)" "$PY" services/06-user-service/tests/test-events.py "$B"
+    run "06-user-service events (pg)" "$PY" services/06-user-service/tests/test-events.py "$B" "$pg_url"
+    run "06-user-service default-address race (sqlite)" "$PY" services/06-user-service/tests/test-default-race.py "$B"
+    run "06-user-service default-address race (pg)" "$PY" services/06-user-service/tests/test-default-race.py "$B" "$pg_url"
 fi
 
 if [ -x "$B/bin/05-auth-service" ]; then

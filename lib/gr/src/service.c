@@ -311,9 +311,12 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     if (svc->init) {
         rc = svc->init(&p->ctx, &p->ctx.app);
         if (rc < 0) {
-            gr_log_error("service init failed", "code", gr_err_name(rc));
+            /* GR_ECONFIG: the hook printed the one line naming the variable; exit 2 like
+             * every other configuration error. */
+            if (rc != GR_ECONFIG)
+                gr_log_error("service init failed", "code", gr_err_name(rc));
             release(p);
-            return 1;
+            return rc == GR_ECONFIG ? 2 : 1;
         }
     }
     rc = start_bus(p);
