@@ -83,6 +83,8 @@ if [ -x "$B/bin/05-auth-service" ]; then
     run "05-auth-service reset and verification links (pg)" "$PY" \
         services/05-auth-service/tests/test-links.py "$B/bin/05-auth-service" \
         --pg-url "$(scripts/pg.sh createdb "$tmp/pg" auth_links)"
+    run "auth's JWKS verified by product-service, across a key rotation" "$PY" \
+        tests/e2e/test-auth-jwks.py "$B"
 fi
 
 if [ -x "$B/bin/gr-bus-probe" ]; then
