@@ -283,7 +283,7 @@ static enum MHD_Result reply(struct gr_server *srv, struct rstate *st, struct MH
         status = resp->status ? resp->status : 200;
     }
     if (resp->json) {
-        body = json_dumps(resp->json, JSON_COMPACT);
+        body = json_dumps(resp->json, JSON_COMPACT | JSON_REAL_PRECISION(12));
         if (!body)
             GR_BUG("json_dumps failed");
         len = strlen(body);
