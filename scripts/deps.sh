@@ -28,3 +28,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
     echo "deps: done" >&2
 fi
+
+# node and npm (test doubles from npm, e.g. oauth2-mock-server): Debian's, unless a node with
+# npm is already there (any origin).
+if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+    echo "deps: installing nodejs npm" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends nodejs npm >>/tmp/gravity-apt.log 2>&1 ||
+        { apt-get update >>/tmp/gravity-apt.log 2>&1 &&
+          apt-get install -y --no-install-recommends nodejs npm >>/tmp/gravity-apt.log 2>&1; } ||
+        { echo "deps: apt-get failed for nodejs npm, see /tmp/gravity-apt.log" >&2; exit 1; }
+fi

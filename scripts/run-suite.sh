@@ -85,6 +85,11 @@ if [ -x "$B/bin/05-auth-service" ]; then
         --pg-url "$(scripts/pg.sh createdb "$tmp/pg" auth_links)"
     run "auth's JWKS verified by product-service, across a key rotation" "$PY" \
         tests/e2e/test-auth-jwks.py "$B"
+    for engine in sqlite pg; do
+        url=; [ "$engine" = pg ] && url=$pg_url
+        run "05-auth-service oauth ($engine)" "$PY" services/05-auth-service/tests/oauth/test-oauth.py \
+            "$B/bin/05-auth-service" ${url:+--pg-url "$url"}
+    done
 fi
 
 if [ -x "$B/bin/gr-bus-probe" ]; then

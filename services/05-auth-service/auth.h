@@ -144,6 +144,8 @@ int auth_mfa_check(struct gr_req *req, const char *user_id, const char *secret_e
 /* oauth.c: OAuth2/OIDC login with PKCE through configured providers */
 int auth_oauth_authorize(struct gr_req *req, struct gr_resp *resp);
 int auth_oauth_callback(struct gr_req *req, struct gr_resp *resp);
+/** Checks the AUTH_OAUTH_* configuration at start-up: GR_ECONFIG with one line naming it. */
+int auth_oauth_config_check(void);
 /**
  * Logs @user_id in after an external proof (OAuth): a new session, tokens in @resp (200),
  * auth.login.succeeded with @method. Opens and commits its own transaction.

@@ -77,6 +77,9 @@ static int init(struct gr_ctx *ctx, void **app_out)
         return GR_ECONFIG;
     }
     pthread_rwlock_init(&app->keys_mu, NULL);
+    rc = auth_oauth_config_check();
+    if (rc < 0)
+        return rc;
     app->rl = gr_rl_new(65536);
     rc = auth_kek_load(app, ctx->cfg.data_dir);
     if (rc == 0)
