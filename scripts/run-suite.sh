@@ -85,6 +85,10 @@ if [ -x "$B/bin/05-auth-service" ]; then
         --pg-url "$(scripts/pg.sh createdb "$tmp/pg" auth_links)"
     run "auth's JWKS verified by product-service, across a key rotation" "$PY" \
         tests/e2e/test-auth-jwks.py "$B"
+    for t in jwt-attacks interop login-defences; do
+        run "05-auth-service security: $t" "$PY" \
+            services/05-auth-service/tests/security/test-$t.py "$B/bin/05-auth-service"
+    done
     for engine in sqlite pg; do
         url=; [ "$engine" = pg ] && url=$pg_url
         run "05-auth-service oauth ($engine)" "$PY" services/05-auth-service/tests/oauth/test-oauth.py \

@@ -158,9 +158,11 @@ int auth_issue_session(struct gr_req *req, struct gr_resp *resp, const char *use
  */
 int auth_account_for_email(struct gr_req *req, const char *email, const char **id_out);
 
-/* notify.c: sends the reset link to the notification service (best effort). */
+/* notify.c: queues links for the notification service; a sender thread delivers them. */
 void auth_reset_link_send(struct gr_req *req, const char *email, const char *token);
 void auth_verify_link_send(struct gr_req *req, const char *email, const char *token);
+/** Delivers the links still queued, then stops the sender thread (at shutdown). */
+void auth_links_stop(void);
 
 /* users.c */
 /** Validates and normalises an email (lowercase, 3..254, local@domain.tld); NULL if invalid. */

@@ -99,6 +99,7 @@ static void fini(struct gr_ctx *ctx, void *p)
     struct auth_app *app = p;
 
     (void)ctx;
+    auth_links_stop();
     gr_rl_free(app->rl);
     gr_free(app->jwks);
     app->jwks = NULL;

@@ -35,22 +35,30 @@ static int emit_simple(struct gr_req *req, const char *type, const char *user_id
     return gr_req_emit(req, type, user_id, data);
 }
 
-/* Records a failed password for an existing account; locks it at the 10th in a row. */
-static int login_failed(struct gr_req *req, const char *user_id, long long failed)
+/*
+ * Records a failed password for an existing account; the 10th in a row locks it (and starts
+ * the count again). Decided in SQL on the row itself, so parallel failures cannot skip it.
+ */
+static int login_failed(struct gr_req *req, const char *user_id)
 {
-    bool lock = failed + 1 >= AUTH_LOCK_AFTER;
+    long long locked = 0;
     int rc = gr_req_begin(req);
 
     if (rc == 0)
         rc = gr_db_exec(req->db,
-                        "UPDATE credentials SET failed_logins = failed_logins + 1,"
-                        " locked_until = $2 WHERE id = $1",
+                        "UPDATE credentials SET failed_logins = 0, locked_until = $2"
+                        " WHERE id = $1 AND failed_logins + 1 >= $3",
                         (struct gr_db_val[]){ GR_DB_TEXT(user_id),
-                                              GR_DB_INT(lock ? gr_time_now_s() + AUTH_LOCK_S : 0) },
-                        2, NULL);
+                                              GR_DB_INT(gr_time_now_s() + AUTH_LOCK_S),
+                                              GR_DB_INT(AUTH_LOCK_AFTER) },
+                        3, &locked);
+    if (rc == 0 && locked == 0)
+        rc = gr_db_exec(req->db,
+                        "UPDATE credentials SET failed_logins = failed_logins + 1 WHERE id = $1",
+                        (struct gr_db_val[]){ GR_DB_TEXT(user_id) }, 1, NULL);
     if (rc == 0)
         rc = emit_simple(req, "auth.login.failed", user_id, "bad_password");
-    if (rc == 0 && lock) {
+    if (rc == 0 && locked) {
         rc = emit_simple(req, "auth.user.locked", user_id, "too_many_failures");
         gr_log_warn("account locked after failed logins", "user_id", user_id);
     }
@@ -71,6 +79,7 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     struct gr_db_rows *rows = NULL;
     json_t *roles = NULL, *perms = NULL;
     bool ok = false, upgrade = false, locked;
+    long long changes = 0;
     int retry = 0, rc;
 
     (void)gr_json_only(&r, req->json, "", keys);
@@ -127,7 +136,7 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
         return gr_resp_problem(req, resp, GR_EUNAVAIL, NULL,
                                "too many password operations at once; retry");
     if (rc < 0 || !ok) {
-        rc = login_failed(req, user_id, gr_db_int(rows, 0, 3));
+        rc = login_failed(req, user_id);
         return rc < 0 ? rc : bad_credentials(req, resp);
     }
     if (gr_db_int(rows, 0, 5)) {
@@ -136,7 +145,7 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
                                    "this account needs a TOTP or recovery code (field totp)");
         rc = auth_mfa_check(req, user_id, gr_db_text(rows, 0, 6), gr_db_int(rows, 0, 7), code);
         if (rc == GR_EUNAUTH) {
-            rc = login_failed(req, user_id, gr_db_int(rows, 0, 3));
+            rc = login_failed(req, user_id);
             return rc < 0 ? rc
                           : gr_resp_problem(req, resp, GR_EUNAUTH, "invalid_totp",
                                             "invalid or already used TOTP code");
@@ -147,14 +156,20 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     if (upgrade && pw_hash(pw, strlen(pw), newhash, sizeof(newhash)) != 0)
         upgrade = false; /* keep the old hash; try again at the next login */
     rc = gr_req_begin(req);
+    /* Only while not locked: a parallel failure may have locked it since our read. */
     if (rc == 0)
         rc = gr_db_exec(req->db,
                         upgrade ? "UPDATE credentials SET failed_logins = 0, locked_until = 0,"
-                                  " password_hash = $2 WHERE id = $1"
+                                  " password_hash = $3 WHERE id = $1 AND locked_until <= $2"
                                 : "UPDATE credentials SET failed_logins = 0, locked_until = 0"
-                                  " WHERE id = $1",
-                        (struct gr_db_val[]){ GR_DB_TEXT(user_id), GR_DB_TEXT(newhash) },
-                        upgrade ? 2 : 1, NULL);
+                                  " WHERE id = $1 AND locked_until <= $2",
+                        (struct gr_db_val[]){ GR_DB_TEXT(user_id), GR_DB_INT(gr_time_now_s()),
+                                              GR_DB_TEXT(newhash) },
+                        upgrade ? 3 : 2, &changes);
+    if (rc == 0 && changes == 0) {
+        (void)gr_db_rollback(req->db);
+        return bad_credentials(req, resp);
+    }
     if (rc == 0)
         rc = auth_refresh_new(req, user_id, NULL, NULL, &refresh, NULL);
     if (rc == 0)

@@ -141,7 +141,6 @@ int auth_register(struct gr_req *req, struct gr_resp *resp)
     if (rc < 0)
         return rc;
     gr_time_format(gr_time_now_ms(), now);
-    gr_resp_header(req, resp, "Location", gr_arena_printf(req->arena, "/api/v1/auth/users/%s", id));
     gr_resp_json(resp, 201,
                  json_pack("{s:s,s:s,s:s?,s:[s],s:b,s:s}", "id", id, "email", email, "username",
                            username, "roles", "customer", "email_verified", 0, "created_at", now));

@@ -19,6 +19,7 @@ import tempfile
 import time
 
 DEADLINE = 15.0
+SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
 PREFIX = "/api/v1/auth"
 ROOT_EMAIL = "root@example.com"
 ROOT_PASSWORD = "root-password-1"
@@ -80,6 +81,14 @@ class Service:
         self.proc = None
         self.extra_env = extra_env or {}
         self.log_path = os.path.join(self.tmp, "server.log")
+        self.nsource = 1
+
+    def fresh_source(self):
+        """Another loopback source address (127.0.x.y): the login limits are per client IP,
+        so a test that needs more attempts than one IP allows spreads them over several."""
+        self.nsource += 1
+        n = self.nsource
+        return "127.0.%d.%d" % (n // 250, n % 250 + 2)
 
     def start(self):
         env = dict(os.environ)
@@ -115,7 +124,7 @@ class Service:
         return self
 
     def stop(self):
-        """SIGTERM and a clean exit (status 0) within the deadline."""
+        """SIGTERM, a clean exit (status 0) within 10 s, and no sanitizer report in the log."""
         if not self.proc:
             return
         rc = None
@@ -132,6 +141,10 @@ class Service:
         self.proc = None
         if rc != 0:
             raise Failure("service exited with status %s; log:\n%s" % (rc, self.log_tail()))
+        log = self.log_text()
+        for mark in SANITIZER_MARKS:
+            if mark in log:
+                raise Failure("the server log holds a sanitizer report (%s)" % mark)
 
     def cleanup(self):
         if self.proc and self.proc.poll() is None:
