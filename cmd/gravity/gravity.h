@@ -72,6 +72,19 @@ struct gravity_svcs {
     size_t n;
 };
 
+/*
+ * The service credentials `up` hands to every service (SERVICES §0: service calls use
+ * client-credentials tokens): SERVICE_CLIENT_ID/SERVICE_CLIENT_SECRET, which gr trades for a
+ * token at AUTH_URL, and, with @bootstrap, AUTH_BOOTSTRAP_CLIENT_ID/_SECRET for the auth service
+ * so that it creates that client at start-up. The secret is never printed or logged.
+ */
+struct gravity_creds {
+    bool on;        /* false: the user set SERVICE_TOKEN or SERVICE_CLIENT_ID; add nothing */
+    bool bootstrap; /* a secret made for this run: tell the auth service about it */
+    char client_id[65];
+    char secret[257];
+};
+
 /* ---- env.c -------------------------------------------------------------------------------- */
 
 /**
@@ -120,11 +133,22 @@ char *gravity_svc_data_dir(const struct gravity_env *env, const struct gravity_s
 char *gravity_svc_log_path(const struct gravity_env *env, const struct gravity_svc *svc);
 /**
  * The environment for the service's process: the inherited one plus PORT and DATA_DIR. With
- * @keep_set, PORT and DATA_DIR already in the environment win. Free with gravity_envp_free.
+ * @keep_set, PORT and DATA_DIR already in the environment win. With a port offset,
+ * EVENT_BUS_URL, AUTH_URL and JWKS_URL point at the moved 14 and 05 unless they are set. With
+ * @creds (may be NULL) switched on, the service credentials are added (see gravity_creds).
+ * Free with gravity_envp_free, which wipes the strings.
  */
-char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc *svc,
-                        bool keep_set);
+char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc *svc, bool keep_set,
+                        const struct gravity_creds *creds);
 void gravity_envp_free(char **envp);
+/**
+ * Decides the credentials of this `up` (see struct gravity_creds): none when SERVICE_TOKEN or
+ * SERVICE_CLIENT_ID is set; the user's AUTH_BOOTSTRAP_CLIENT_ID/_SECRET when both are set;
+ * otherwise client "gravity-platform" with a new random secret (256 bits from getrandom).
+ * GR_EIO when no random bytes could be had. Wipe with gravity_creds_wipe.
+ */
+GR_MUST_CHECK int gravity_creds_init(struct gravity_creds *c);
+void gravity_creds_wipe(struct gravity_creds *c);
 /**
  * In a freshly forked child: undoes what the parent changed (blocked signals, ignored
  * SIGPIPE) so the exec'd program starts with default signal handling.

@@ -39,7 +39,7 @@ int gravity_cmd_run(const struct gravity_env *env, int argc, char **argv)
         fprintf(stderr, "gravity: cannot create '%s': %s\n", dir, strerror(errno));
         goto out;
     }
-    envp = gravity_svc_envp(env, v, true);
+    envp = gravity_svc_envp(env, v, true, NULL); /* no auth started here: no credentials */
     fflush(NULL);
     execve(v->path, (char *[]){ v->path, NULL }, envp);
     fprintf(stderr, "gravity: cannot exec '%s': %s\n", v->path, strerror(errno));

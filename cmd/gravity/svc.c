@@ -2,7 +2,7 @@
  * svc.c - the service binaries: finding them (`NN-name`, executable, in the bin directory),
  * asking each for its identity with `--describe` (one JSON line: name, id, version, port),
  * matching a user's SERVICE argument against them, and preparing what a service process is given
- * (its environment, data directory and log file).
+ * (its environment with the service credentials of `up`, data directory and log file).
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -269,25 +270,106 @@ static bool has_key(const char *entry, const char *key)
     return strncmp(entry, key, n) == 0 && entry[n] == '=';
 }
 
-char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc *svc, bool keep_set)
+static bool is_set(const char *name)
+{
+    const char *v = getenv(name);
+
+    return v && *v;
+}
+
+int gravity_creds_init(struct gravity_creds *c)
+{
+    unsigned char raw[32];
+    const char *id = getenv("AUTH_BOOTSTRAP_CLIENT_ID");
+    const char *secret = getenv("AUTH_BOOTSTRAP_CLIENT_SECRET");
+    size_t got = 0;
+
+    memset(c, 0, sizeof(*c));
+    if (is_set("SERVICE_TOKEN") || is_set("SERVICE_CLIENT_ID"))
+        return 0; /* the user's own setup: services use what they inherit */
+    c->on = true;
+    if (id && *id && secret && *secret && strlen(id) < sizeof(c->client_id) &&
+        strlen(secret) < sizeof(c->secret)) {
+        /* The user named the bootstrap client: the services use it too. */
+        memcpy(c->client_id, id, strlen(id) + 1);
+        memcpy(c->secret, secret, strlen(secret) + 1);
+        return 0;
+    }
+    c->bootstrap = true;
+    memcpy(c->client_id, "gravity-platform", sizeof("gravity-platform"));
+    while (got < sizeof(raw)) {
+        ssize_t r = getrandom(raw + got, sizeof(raw) - got, 0);
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            gravity_creds_wipe(c);
+            return GR_EIO;
+        }
+        got += (size_t)r;
+    }
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        c->secret[2 * i] = "0123456789abcdef"[raw[i] >> 4];
+        c->secret[2 * i + 1] = "0123456789abcdef"[raw[i] & 15];
+    }
+    c->secret[2 * sizeof(raw)] = '\0';
+    explicit_bzero(raw, sizeof(raw));
+    return 0;
+}
+
+void gravity_creds_wipe(struct gravity_creds *c)
+{
+    explicit_bzero(c, sizeof(*c));
+}
+
+/* Whether @entry of the inherited environment is one that gravity sets itself. */
+static bool replaced(const char *entry, const struct gravity_creds *creds, bool auth)
+{
+    if (has_key(entry, "PORT") || has_key(entry, "DATA_DIR"))
+        return true;
+    if (!creds || !creds->on)
+        return false;
+    if (has_key(entry, "SERVICE_CLIENT_ID") || has_key(entry, "SERVICE_CLIENT_SECRET"))
+        return true;
+    return auth && creds->bootstrap &&
+           (has_key(entry, "AUTH_BOOTSTRAP_CLIENT_ID") ||
+            has_key(entry, "AUTH_BOOTSTRAP_CLIENT_SECRET"));
+}
+
+char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc *svc, bool keep_set,
+                        const struct gravity_creds *creds)
 {
     size_t n = 0, k = 0;
     const char *port = keep_set ? getenv("PORT") : NULL;
     const char *data = keep_set ? getenv("DATA_DIR") : NULL;
+    bool auth = strcmp(svc->name, "auth-service") == 0;
     char *dir;
     char **envp;
 
     while (environ[n])
         n++;
-    envp = gr_xcalloc(n + 4, sizeof(*envp));
+    envp = gr_xcalloc(n + 10, sizeof(*envp));
     for (size_t i = 0; i < n; i++) {
-        if (has_key(environ[i], "PORT") || has_key(environ[i], "DATA_DIR"))
+        if (replaced(environ[i], creds, auth))
             continue;
         envp[k++] = gr_xstrdup(environ[i]);
     }
-    /* The event bus (14) moves with the offset too, unless the caller chose one. */
+    /* The event bus (14) and auth (05) move with the offset too, unless the caller chose. */
     if (env->port_offset != 0 && !getenv("EVENT_BUS_URL"))
         envp[k++] = gravity_strf("EVENT_BUS_URL=http://127.0.0.1:%d", 8019 + env->port_offset);
+    if (env->port_offset != 0 && !getenv("AUTH_URL"))
+        envp[k++] = gravity_strf("AUTH_URL=http://127.0.0.1:%d", 8001 + env->port_offset);
+    if (env->port_offset != 0 && !getenv("JWKS_URL"))
+        envp[k++] =
+            gravity_strf("JWKS_URL=http://127.0.0.1:%d/api/v1/auth/jwks", 8001 + env->port_offset);
+    if (creds && creds->on) {
+        envp[k++] = gravity_strf("SERVICE_CLIENT_ID=%s", creds->client_id);
+        envp[k++] = gravity_strf("SERVICE_CLIENT_SECRET=%s", creds->secret);
+        if (auth && creds->bootstrap) {
+            envp[k++] = gravity_strf("AUTH_BOOTSTRAP_CLIENT_ID=%s", creds->client_id);
+            envp[k++] = gravity_strf("AUTH_BOOTSTRAP_CLIENT_SECRET=%s", creds->secret);
+        }
+    }
     if (port && *port)
         envp[k++] = gravity_strf("PORT=%s", port);
     else
@@ -307,7 +389,9 @@ void gravity_envp_free(char **envp)
 {
     if (!envp)
         return;
-    for (size_t i = 0; envp[i]; i++)
+    for (size_t i = 0; envp[i]; i++) {
+        explicit_bzero(envp[i], strlen(envp[i])); /* may hold the service secret */
         gr_free(envp[i]);
+    }
     gr_free(envp);
 }

@@ -2,8 +2,9 @@
  * up.c - `gravity up`: the supervisor behind `make run`.
  *
  * It starts every service binary as its own child process (own process group, stdout and
- * stderr appended to <data>/logs/<id>.log, PORT and DATA_DIR set), waits for each one's
- * /ready, prints a table, and then keeps them running: a child that exits is restarted with
+ * stderr appended to <data>/logs/<id>.log, PORT and DATA_DIR set, and the client credentials
+ * of this run, which the auth service registers and gr trades for service tokens), waits for each
+ * one's /ready, prints a table, and then keeps them running: a child that exits is restarted with
  * exponential backoff (0.5 s doubling to 30 s, reset once a run lasted 60 s). SIGINT, SIGTERM
  * or SIGHUP drain everything: SIGTERM to each child, up to 10 s to exit, SIGKILL for the rest.
  *
@@ -52,6 +53,7 @@ struct sup {
     bool killed;
     int64_t kill_at_ms;
     bool state_warned;
+    struct gravity_creds creds; /* the services' client credentials for this run */
 };
 
 static void save_state(struct sup *s)
@@ -132,7 +134,7 @@ static void spawn(struct sup *s, struct gravity_svc *v)
         schedule_restart(v, now);
         goto out;
     }
-    envp = gravity_svc_envp(s->env, v, false);
+    envp = gravity_svc_envp(s->env, v, false, &s->creds);
     pid = fork();
     if (pid == 0)
         exec_child(v, envp, logfd, s->devnull, parent);
@@ -564,6 +566,10 @@ int gravity_cmd_up(const struct gravity_env *env, int argc, char **argv)
         fprintf(stderr, "gravity: cannot set up signals: %s\n", strerror(errno));
         goto out;
     }
+    if (gravity_creds_init(&s.creds) < 0) {
+        fprintf(stderr, "gravity: cannot make a service secret: %s\n", strerror(errno));
+        goto out;
+    }
     s.started_at = time(NULL);
     state = gravity_state_path(env);
     rc = supervise(&s);
@@ -575,5 +581,6 @@ out:
         close(s.devnull);
     gr_free(state);
     gravity_svcs_release(&s.svcs);
+    gravity_creds_wipe(&s.creds);
     return rc;
 }

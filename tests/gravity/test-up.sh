@@ -1,6 +1,8 @@
 #!/bin/bash
 # test-up.sh - black-box tests of the gravity command (up, status, logs, run) against fake
-# services (tests/gravity/fake-service.sh installed as NN-name in a temporary bin directory).
+# services (tests/gravity/fake-service.sh installed as NN-name in a temporary bin directory),
+# then `gravity up` with the real auth (05), event bus (14) and product (17) services, with no
+# SERVICE_TOKEN anywhere: every service must get its service token from auth by itself.
 #
 #   tests/gravity/test-up.sh               uses build/bin/gravity
 #   tests/gravity/test-up.sh BUILD_DIR     uses BUILD_DIR/bin/gravity (scripts/run-suite.sh)
@@ -105,16 +107,17 @@ restarts_at_least() { # restarts_at_least ID N
 file_has() { grep -q -- "$2" "$1" 2>/dev/null; }
 no_file() { [ ! -e "$1" ]; }
 
-# Free ports: an offset such that 8097..8099 + offset are all free.
-OFFSET=$($PY - <<'PY'
-import random, socket
+# free_offset N...: an offset such that 8000 + N + offset is free for each N.
+free_offset() {
+    $PY - "$@" <<'PY'
+import random, socket, sys
 for _ in range(200):
     base = random.randint(20000, 60000)
     socks = []
     try:
-        for p in (base + 97, base + 98, base + 99):
+        for n in sys.argv[1:]:
             s = socket.socket()
-            s.bind(("127.0.0.1", p))
+            s.bind(("127.0.0.1", base + int(n)))
             socks.append(s)
         print(base - 8000)
         break
@@ -124,7 +127,10 @@ for _ in range(200):
         for s in socks:
             s.close()
 PY
-)
+}
+
+# Free ports: an offset such that 8097..8099 + offset are all free.
+OFFSET=$(free_offset 97 98 99)
 export GRAVITY_PORT_OFFSET=$OFFSET
 PA=$((8098 + OFFSET))
 PB=$((8099 + OFFSET))
@@ -301,6 +307,85 @@ check "run execs the service (gravity's pid is now the service)" \
 kill -TERM "$R"
 wait "$R"
 check "the service run by gravity run exits 0 on SIGTERM" test $? -eq 0
+
+# ---- up with the real services: service tokens from auth, no SERVICE_TOKEN ---------------
+# gravity gives every service SERVICE_CLIENT_ID/SERVICE_CLIENT_SECRET (and the auth service
+# the same pair as its bootstrap client); gr trades them for a token at AUTH_URL, which the
+# event bus accepts. Proof: product-service consumes from and publishes to the bus.
+SB=$(cd "$(dirname "$GRAVITY")" && pwd)
+REAL=(05-auth-service 14-event-bus-service 17-product-service)
+if [ -x "$SB/05-auth-service" ] && [ -x "$SB/14-event-bus-service" ] && [ -x "$SB/17-product-service" ]; then
+    RBIN=$T/rbin
+    RDATA=$T/rdata
+    STATE=$RDATA/gravity.state
+    mkdir -p "$RBIN"
+    for s in "${REAL[@]}"; do ln -s "$SB/$s" "$RBIN/$s"; done
+    ROFF=$(free_offset 1 7 19)
+    RA=$((8001 + ROFF))
+    RB=$((8019 + ROFF))
+    RP=$((8007 + ROFF))
+    ADMIN=root@example.com
+    ADMIN_PW=root-password-1
+    env -u SERVICE_TOKEN -u SERVICE_CLIENT_ID -u SERVICE_CLIENT_SECRET -u AUTH_URL -u JWKS_URL \
+        -u EVENT_BUS_URL -u EVENT_BUS -u DATABASE_URL -u AUTH_BOOTSTRAP_CLIENT_ID \
+        -u AUTH_BOOTSTRAP_CLIENT_SECRET GRAVITY_BIN_DIR="$RBIN" GRAVITY_DATA="$RDATA" \
+        GRAVITY_PORT_OFFSET="$ROFF" AUTH_BOOTSTRAP_ADMIN_EMAIL=$ADMIN \
+        AUTH_BOOTSTRAP_ADMIN_PASSWORD=$ADMIN_PW "$GRAVITY" up >"$T/real.out" 2>"$T/real.err" &
+    G=$!
+    PIDS+=("$G")
+    check "up starts auth, the event bus and product-service" \
+        wait_until 60 file_has "$T/real.out" "17-product-service"
+    for s in "${REAL[@]}"; do PIDS+=("$(svc_pid "$s")"); done
+    # proc_env PID NAME: NAME's value in the environment gravity gave the process.
+    proc_env() { tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | sed -n "s/^$2=//p"; }
+    PP=$(svc_pid 17-product-service)
+    PAU=$(svc_pid 05-auth-service)
+    SECRET=$(proc_env "$PP" SERVICE_CLIENT_SECRET)
+    check "product-service got SERVICE_CLIENT_ID=gravity-platform" \
+        test "$(proc_env "$PP" SERVICE_CLIENT_ID)" = gravity-platform
+    check "the service secret is at least 32 bytes" test "${#SECRET}" -ge 32
+    check "product-service got AUTH_URL with the port offset" \
+        test "$(proc_env "$PP" AUTH_URL)" = "http://127.0.0.1:$RA"
+    check "product-service has no SERVICE_TOKEN" test -z "$(proc_env "$PP" SERVICE_TOKEN)"
+    check "auth got the same pair as its bootstrap client" \
+        test "$(proc_env "$PAU" AUTH_BOOTSTRAP_CLIENT_ID)" = gravity-platform \
+        -a "$(proc_env "$PAU" AUTH_BOOTSTRAP_CLIENT_SECRET)" = "$SECRET"
+    # bus_is PORT FIELD VALUE: /health/detailed's checks.bus.FIELD is VALUE.
+    bus_is() {
+        curl -s --noproxy '*' -m 2 "http://127.0.0.1:$1/health/detailed" |
+            $PY -c 'import json,sys; sys.exit(str(json.load(sys.stdin)["checks"]["bus"][sys.argv[1]]) != sys.argv[2])' "$2" "$3" 2>/dev/null
+    }
+    check "product-service consumes from the bus with its service token" \
+        wait_until 30 bus_is "$RP" consumer ok
+    TOKEN=$(curl -s --noproxy '*' -m 5 -H 'Content-Type: application/json' \
+        -d "{\"email\":\"$ADMIN\",\"password\":\"$ADMIN_PW\"}" "http://127.0.0.1:$RA/api/v1/auth/login" |
+        $PY -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null)
+    check "the bootstrap admin logs in" test -n "$TOKEN"
+    PID_JSON=$(curl -s --noproxy '*' -m 5 -H "Authorization: Bearer $TOKEN" \
+        -H 'Content-Type: application/json' -d '{"title":"Shoe","slug":"gravity-up-shoe"}' \
+        "http://127.0.0.1:$RP/api/v1/products")
+    PROD=$(printf '%s' "$PID_JSON" | $PY -c 'import json,sys; print(json.load(sys.stdin)["id"])' 2>/dev/null)
+    check "a product is created" test -n "$PROD"
+    check "its product.created event is published (relay ok, outbox empty)" \
+        wait_until 30 bus_is "$RP" relay ok
+    check "the outbox is empty" bus_is "$RP" outbox_pending 0
+    on_bus() {
+        curl -s --noproxy '*' -m 2 -H "Authorization: Bearer $TOKEN" \
+            "http://127.0.0.1:$RB/api/v1/events?type=product.created" | grep -q "\"subject\":\"$PROD\""
+    }
+    check "the event bus holds the event" wait_until 10 on_bus
+    check "the secret appears in no output or log" \
+        test -n "$SECRET" -a -z "$(grep -rlF -- "$SECRET" "$RDATA/logs" "$T/real.out" "$T/real.err")"
+    kill -TERM "$G"
+    check "gravity with the real services exits after SIGTERM" wait_until 15 gone "$G"
+    wait "$G"
+    check "... with status 0" test $? -eq 0
+    for s in "${REAL[@]}"; do
+        check "$s drained and exited 0" file_has "$T/real.err" "service stopped.*$s.*exit 0"
+    done
+else
+    echo "# skip - no 05-auth-service, 14-event-bus-service and 17-product-service next to $GRAVITY"
+fi
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

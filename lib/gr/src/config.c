@@ -13,6 +13,7 @@
 #include "gr/config.h"
 #include "gr/log.h"
 #include "gr/service.h"
+#include "gr/svctoken.h"
 
 static const char *env(const char *name)
 {
@@ -128,6 +129,7 @@ int gr_config_str(const char *name, const char *def, const char *const *choices,
 
         for (size_t i = 0; choices[i]; i++) {
             if (strcmp(v, choices[i]) == 0) {
+                gr_buf_release(&b);
                 *out = v;
                 return 0;
             }
@@ -216,6 +218,12 @@ int gr_config_load(struct gr_config *c, const struct gr_service *svc, char *err,
     if (rc == 0)
         rc = gr_config_url("JWKS_URL", "http://127.0.0.1:8001/api/v1/auth/jwks", jwks_schemes,
                            &c->jwks_url, err, errlen);
+    if (rc == 0) {
+        /* SERVICE_TOKEN, AUTH_URL, SERVICE_CLIENT_ID/SECRET: gr_main's service token. */
+        struct gr_svctoken_opts st;
+
+        rc = gr_svctoken_opts_from_env(&st, err, errlen);
+    }
     if (rc == 0)
         rc = gr_config_str("JWT_ISSUER", "gravity", NULL, &c->jwt_issuer, err, errlen);
     if (rc == 0)

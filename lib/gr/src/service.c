@@ -18,6 +18,7 @@
 #include "gr/json.h"
 #include "gr/log.h"
 #include "gr/metrics.h"
+#include "gr/svctoken.h"
 #include "gr/time.h"
 #include "http_int.h"
 #include "idem_int.h"
@@ -29,6 +30,7 @@ struct platform {
     int64_t started_ms;
     struct gr_bus_cfg bus_cfg;
     struct gr_bus *bus;
+    struct gr_svctoken *svctoken; /* SERVICE_TOKEN or client credentials; NULL: none */
 };
 
 static struct platform *plat_of(struct gr_req *req)
@@ -240,6 +242,10 @@ static void release(struct platform *p)
         gr_db_close(p->ctx.db);
     gr_auth_free(p->ctx.auth);
     gr_metrics_free(p->ctx.metrics);
+    /* Last: the bus threads and the request threads that use it have all stopped. */
+    gr_svctoken_set_default(NULL);
+    gr_svctoken_free(p->svctoken);
+    p->svctoken = NULL;
 }
 
 int gr_main(const struct gr_service *svc, int argc, char **argv)
@@ -303,6 +309,14 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     }
     if (gr_metrics_new(&p->ctx.metrics) < 0)
         return 1;
+    /* The service token: fetching starts now, so it is usually there when the bus starts. */
+    rc = gr_svctoken_from_env(&p->svctoken, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "%s: %s\n", svc->id, err);
+        release(p);
+        return 2;
+    }
+    gr_svctoken_set_default(p->svctoken);
     rc = open_db(p);
     if (rc < 0) {
         release(p);

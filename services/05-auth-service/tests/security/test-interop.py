@@ -155,7 +155,7 @@ def client_credentials(svc, root):
         return
     check(hdr.get("typ") == "at+jwt", "service token typ at+jwt (%r)" % hdr.get("typ"))
     check(claims["sub"] == cid and claims["roles"] == ["service"]
-          and "events:publish" in claims["permissions"],
+          and "events:write" in claims["permissions"],
           "service token: sub %r, roles %r, permissions %r" % (claims["sub"], claims["roles"],
                                                                 claims["permissions"]))
     wrong = base64.b64encode(("%s:%s" % (cid, secret + "x")).encode()).decode()
