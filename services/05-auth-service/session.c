@@ -9,6 +9,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "gr/bus.h"
@@ -39,7 +40,7 @@ static int emit_simple(struct gr_req *req, const char *type, const char *user_id
  * Records a failed password for an existing account; the 10th in a row locks it (and starts
  * the count again). Decided in SQL on the row itself, so parallel failures cannot skip it.
  */
-static int login_failed(struct gr_req *req, const char *user_id)
+static int login_failed_once(struct gr_req *req, const char *user_id)
 {
     long long locked = 0;
     int rc = gr_req_begin(req);
@@ -67,6 +68,72 @@ static int login_failed(struct gr_req *req, const char *user_id)
     return rc;
 }
 
+/*
+ * Runs @fn's transaction again while PostgreSQL reports a serialization failure (parallel
+ * logins of one account), here rather than through the core's retry of the whole handler,
+ * which would count the attempt against the login limits a second time.
+ */
+#define LOGIN_TX_ATTEMPTS 8
+
+static void tx_backoff(int attempt)
+{
+    unsigned window = 1000u << (attempt < 5 ? attempt : 5); /* microseconds */
+
+    usleep((useconds_t)(window / 2 + (unsigned)(gr_time_mono_ns() / 1000 % (window / 2))));
+}
+
+static int login_failed(struct gr_req *req, const char *user_id)
+{
+    int rc = GR_EBUSY;
+
+    for (int attempt = 0; rc == GR_EBUSY && attempt < LOGIN_TX_ATTEMPTS; attempt++) {
+        if (attempt > 0) {
+            (void)gr_db_rollback(req->db);
+            tx_backoff(attempt);
+        }
+        rc = login_failed_once(req, user_id);
+    }
+    return rc;
+}
+
+/* The success transaction; GR_EUNAUTH when the account was locked meanwhile. */
+static int login_succeeded(struct gr_req *req, const char *user_id, bool upgrade,
+                           const char *newhash, char **access, const char **refresh)
+{
+    struct auth_app *app = req->app;
+    json_t *roles = NULL, *perms = NULL;
+    long long changes = 0;
+    int rc = gr_req_begin(req);
+
+    /* Only while not locked: a parallel failure may have locked it since our read. */
+    if (rc == 0)
+        rc = gr_db_exec(req->db,
+                        upgrade ? "UPDATE credentials SET failed_logins = 0, locked_until = 0,"
+                                  " password_hash = $3 WHERE id = $1 AND locked_until <= $2"
+                                : "UPDATE credentials SET failed_logins = 0, locked_until = 0"
+                                  " WHERE id = $1 AND locked_until <= $2",
+                        (struct gr_db_val[]){ GR_DB_TEXT(user_id), GR_DB_INT(gr_time_now_s()),
+                                              GR_DB_TEXT(newhash) },
+                        upgrade ? 3 : 2, &changes);
+    if (rc == 0 && changes == 0)
+        rc = GR_EUNAUTH;
+    if (rc == 0)
+        rc = auth_refresh_new(req, user_id, NULL, NULL, refresh, NULL);
+    if (rc == 0)
+        rc = auth_user_grants(req->db, req->arena, user_id, &roles, &perms);
+    if (rc == 0)
+        rc = auth_access_token(app, req->arena, user_id, roles, perms, access, NULL);
+    if (rc == 0)
+        rc = emit_simple(req, "auth.login.succeeded", user_id, upgrade ? "rehashed" : "password");
+    if (rc == 0)
+        rc = gr_db_commit(req->db);
+    else
+        (void)gr_db_rollback(req->db);
+    json_decref(roles);
+    json_decref(perms);
+    return rc;
+}
+
 /* POST /api/v1/auth/login {username|email, password, totp?} */
 int auth_login(struct gr_req *req, struct gr_resp *resp)
 {
@@ -74,12 +141,10 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     struct auth_app *app = req->app;
     struct gr_json_rd r = { .a = req->arena, .errs = &resp->errs };
     const char *user_in = NULL, *email_in = NULL, *pw = NULL, *code = NULL, *ident, *ip;
-    const char *user_id, *refresh, *hash_text;
-    char *access = NULL, newhash[256];
+    const char *user_id, *refresh = NULL, *hash_text;
+    char *access = NULL, newhash[256] = "";
     struct gr_db_rows *rows = NULL;
-    json_t *roles = NULL, *perms = NULL;
     bool ok = false, upgrade = false, locked;
-    long long changes = 0;
     int retry = 0, rc;
 
     (void)gr_json_only(&r, req->json, "", keys);
@@ -155,33 +220,14 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     }
     if (upgrade && pw_hash(pw, strlen(pw), newhash, sizeof(newhash)) != 0)
         upgrade = false; /* keep the old hash; try again at the next login */
-    rc = gr_req_begin(req);
-    /* Only while not locked: a parallel failure may have locked it since our read. */
-    if (rc == 0)
-        rc = gr_db_exec(req->db,
-                        upgrade ? "UPDATE credentials SET failed_logins = 0, locked_until = 0,"
-                                  " password_hash = $3 WHERE id = $1 AND locked_until <= $2"
-                                : "UPDATE credentials SET failed_logins = 0, locked_until = 0"
-                                  " WHERE id = $1 AND locked_until <= $2",
-                        (struct gr_db_val[]){ GR_DB_TEXT(user_id), GR_DB_INT(gr_time_now_s()),
-                                              GR_DB_TEXT(newhash) },
-                        upgrade ? 3 : 2, &changes);
-    if (rc == 0 && changes == 0) {
-        (void)gr_db_rollback(req->db);
-        return bad_credentials(req, resp);
+    rc = GR_EBUSY;
+    for (int attempt = 0; rc == GR_EBUSY && attempt < LOGIN_TX_ATTEMPTS; attempt++) {
+        if (attempt > 0)
+            tx_backoff(attempt);
+        rc = login_succeeded(req, user_id, upgrade, newhash, &access, &refresh);
     }
-    if (rc == 0)
-        rc = auth_refresh_new(req, user_id, NULL, NULL, &refresh, NULL);
-    if (rc == 0)
-        rc = auth_user_grants(req->db, req->arena, user_id, &roles, &perms);
-    if (rc == 0)
-        rc = auth_access_token(app, req->arena, user_id, roles, perms, &access, NULL);
-    if (rc == 0)
-        rc = emit_simple(req, "auth.login.succeeded", user_id, upgrade ? "rehashed" : "password");
-    if (rc == 0)
-        rc = gr_db_commit(req->db);
-    json_decref(roles);
-    json_decref(perms);
+    if (rc == GR_EUNAUTH)
+        return bad_credentials(req, resp);
     if (rc < 0)
         return rc;
     if (upgrade)
