@@ -57,8 +57,8 @@ static void deliver(const struct link *l)
     text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     c = curl_easy_init();
-    if (!c || !text || snprintf(url, sizeof(url), "%s/api/v1/notifications", base) >=
-                           (int)sizeof(url)) {
+    if (!c || !text ||
+        snprintf(url, sizeof(url), "%s/api/v1/notifications", base) >= (int)sizeof(url)) {
         gr_free(text);
         if (c)
             curl_easy_cleanup(c);
@@ -84,7 +84,8 @@ static void deliver(const struct link *l)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     if (cc != CURLE_OK || status < 200 || status >= 300)
         gr_log_warn("link not delivered", "template", l->template, "request_id", l->request_id,
-                    "error", cc != CURLE_OK ? curl_easy_strerror(cc) : "notification service refused");
+                    "error",
+                    cc != CURLE_OK ? curl_easy_strerror(cc) : "notification service refused");
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     OPENSSL_cleanse(text, strlen(text));
@@ -141,8 +142,8 @@ static void link_queue(struct gr_req *req, const char *email, const char *token,
     l = gr_xcalloc(1, sizeof(*l));
     l->to = gr_xstrdup(email);
     l->template = gr_xstrdup(template);
-    l->url = gr_xstrdup(gr_arena_printf(req->arena, "%s%s", link_base ? link_base : link_default,
-                                        token));
+    l->url = gr_xstrdup(
+        gr_arena_printf(req->arena, "%s%s", link_base ? link_base : link_default, token));
     l->request_id = gr_xstrdup(req->request_id);
     pthread_mutex_lock(&mu);
     if (!running && !stopping) {
