@@ -343,6 +343,11 @@ int auth_logout(struct gr_req *req, struct gr_resp *resp)
     if (resp->errs.n > 0)
         return GR_EVALID;
     rc = gr_req_begin(req);
+    /* Revocations of tokens that have expired since are no longer needed. */
+    if (rc == 0)
+        rc = gr_db_exec(req->db, "DELETE FROM revoked_tokens WHERE expires_at < $1",
+                        (struct gr_db_val[]){ GR_DB_INT(gr_time_now_s() - GR_AUTH_LEEWAY_S) }, 1,
+                        NULL);
     if (rc == 0 && p->jti)
         rc = gr_db_exec(req->db,
                         "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)"

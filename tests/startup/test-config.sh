@@ -30,6 +30,8 @@ for bin in "$B"/bin/[0-9][0-9]-*; do
     check "$bin" JWKS_URL JWKS_URL=ftp://example/jwks.json
     check "$bin" JWKS_URL JWKS_URL=not-a-url
     check "$bin" JWKS_URL 'JWKS_URL=http://exa mple/jwks'
+    check "$bin" TRUSTED_PROXIES 'TRUSTED_PROXIES=10.0.0.1,gateway'
+    check "$bin" TRUSTED_PROXIES 'TRUSTED_PROXIES=10.0.0.1,,10.0.0.2'
     check "$bin" PORT PORT=http
     check "$bin" PORT PORT=70000
     check "$bin" LOG_LEVEL LOG_LEVEL=loud

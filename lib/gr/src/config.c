@@ -3,7 +3,9 @@
  * reader fails with one line naming the variable, so a bad deployment stops at start-up with
  * a message an operator can act on. Values that may hold secrets are never echoed back.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +177,40 @@ int gr_config_url(const char *name, const char *def, const char *const *schemes,
                 v);
 }
 
+/* TRUSTED_PROXIES: up to 16 comma-separated IPv4 or IPv6 literals. */
+static int trusted_proxies(const char **out, char *err, size_t errlen)
+{
+    const char *v = getenv("TRUSTED_PROXIES");
+    const char *p;
+    int n = 0;
+
+    *out = NULL;
+    if (!v || !*v)
+        return 0;
+    if (strlen(v) > 1024)
+        return fail(err, errlen, "TRUSTED_PROXIES: longer than 1024 bytes");
+    for (p = v; *p;) {
+        size_t len = strcspn(p, ",");
+        char ip[INET6_ADDRSTRLEN];
+        unsigned char bin[sizeof(struct in6_addr)];
+
+        if (len == 0 || len >= sizeof(ip) || ++n > 16)
+            return fail(err, errlen,
+                        "TRUSTED_PROXIES: want up to 16 comma-separated IP "
+                        "addresses, got '%.*s'",
+                        SHOW(v));
+        memcpy(ip, p, len);
+        ip[len] = '\0';
+        if (inet_pton(AF_INET, ip, bin) != 1 && inet_pton(AF_INET6, ip, bin) != 1)
+            return fail(err, errlen, "TRUSTED_PROXIES: '%s' is not an IP address", ip);
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    *out = v;
+    return 0;
+}
+
 int gr_config_load(struct gr_config *c, const struct gr_service *svc, char *err, size_t errlen)
 {
     static const char *const formats[] = { "json", "text", NULL };
@@ -215,6 +251,8 @@ int gr_config_load(struct gr_config *c, const struct gr_service *svc, char *err,
                            errlen);
     if (rc == 0)
         rc = gr_config_url("DISCOVERY_URL", NULL, http_schemes, &c->discovery_url, err, errlen);
+    if (rc == 0)
+        rc = trusted_proxies(&c->trusted_proxies, err, errlen);
     if (rc == 0)
         rc = gr_config_url("JWKS_URL", "http://127.0.0.1:8001/api/v1/auth/jwks", jwks_schemes,
                            &c->jwks_url, err, errlen);

@@ -93,9 +93,25 @@ const char *gr_req_header(const struct gr_req *req, const char *name)
     return req->conn ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name) : NULL;
 }
 
+/* True when @ip is one of the comma-separated addresses of TRUSTED_PROXIES (@list). */
+static bool trusted(const char *list, const char *ip, size_t n)
+{
+    while (list && *list) {
+        size_t len = strcspn(list, ",");
+
+        if (len == n && memcmp(list, ip, n) == 0)
+            return true;
+        list += len;
+        if (*list == ',')
+            list++;
+    }
+    return false;
+}
+
 const char *gr_req_client_ip(struct gr_req *req)
 {
     const union MHD_ConnectionInfo *ci;
+    const char *list = req->ctx ? req->ctx->cfg.trusted_proxies : NULL, *xff, *end;
     char buf[INET6_ADDRSTRLEN] = "";
     const struct sockaddr *sa;
 
@@ -109,6 +125,34 @@ const char *gr_req_client_ip(struct gr_req *req)
     else if (sa && sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, buf,
                   sizeof(buf));
+    /*
+     * From a trusted proxy, the client is the right-most X-Forwarded-For entry that is not a
+     * trusted proxy itself (entries further left are the client's own claims). Anything that
+     * is not an IP literal ends the walk: the last trusted hop is then the client.
+     */
+    xff = list && trusted(list, buf, strlen(buf)) ? gr_req_header(req, "X-Forwarded-For") : NULL;
+    for (end = xff ? xff + strlen(xff) : NULL; xff && end > xff;) {
+        const char *start = end;
+        char ip[INET6_ADDRSTRLEN];
+        unsigned char bin[sizeof(struct in6_addr)];
+        size_t len;
+
+        while (start > xff && start[-1] != ',')
+            start--;
+        end = start > xff ? start - 1 : xff;
+        while (*start == ' ' || *start == '\t')
+            start++;
+        len = strcspn(start, ", \t");
+        if (len == 0 || len >= sizeof(ip))
+            break;
+        memcpy(ip, start, len);
+        ip[len] = '\0';
+        if (inet_pton(AF_INET, ip, bin) != 1 && inet_pton(AF_INET6, ip, bin) != 1)
+            break;
+        memcpy(buf, ip, len + 1);
+        if (!trusted(list, ip, len))
+            break;
+    }
     return gr_arena_strdup(req->arena, buf);
 }
 

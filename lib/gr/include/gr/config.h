@@ -37,6 +37,9 @@ struct gr_config {
     int drain_timeout_s;       /* DRAIN_TIMEOUT, default 10 */
     const char *cursor_secret; /* CURSOR_SECRET, NULL = random per process */
     const char *port_file;     /* GR_PORT_FILE: write the bound port there (tests) */
+    /* TRUSTED_PROXIES: comma-separated IP addresses (the gateway's) whose X-Forwarded-For
+     * names the client (gr_req_client_ip); NULL = trust none. */
+    const char *trusted_proxies;
 };
 
 /** Loads and validates the common variables. Strings point into the environment or are static. */

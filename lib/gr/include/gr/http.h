@@ -74,8 +74,9 @@ typedef int (*gr_handler_fn)(struct gr_req *req, struct gr_resp *resp);
 /** Path parameter by name (NULL if absent). Borrowed from the arena. */
 const char *gr_req_param(const struct gr_req *req, const char *name);
 /**
- * The peer's IP address as text ("127.0.0.1", "::1"; "" when unknown), in the arena. This is
- * the TCP peer: behind the gateway it is the gateway's address.
+ * The client's IP address as text ("127.0.0.1", "::1"; "" when unknown), in the arena: the TCP
+ * peer, or, when the peer is one of TRUSTED_PROXIES (the gateway), the right-most address of
+ * X-Forwarded-For that is not a trusted proxy.
  */
 const char *gr_req_client_ip(struct gr_req *req);
 /** Query parameter by name (NULL if absent). */
