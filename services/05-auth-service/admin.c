@@ -23,6 +23,7 @@
 #include "gr/id.h"
 #include "gr/json.h"
 #include "gr/log.h"
+#include "gr/router.h"
 #include "gr/time.h"
 
 #define MAX_PERMS 64
@@ -498,36 +499,12 @@ int auth_clients_create(struct gr_req *req, struct gr_resp *resp)
     return 0;
 }
 
-/* Percent-decodes @n bytes of a form value into arena text; NULL when malformed. */
-static char *form_decode(struct gr_arena *a, const char *s, size_t n)
+/* A form value (RFC 1866 urlencoding: '+' is a space) as arena text; NULL when malformed. */
+static const char *form_decode(struct gr_arena *a, const char *s, size_t n)
 {
-    char *out = gr_arena_alloc(a, n + 1);
-    size_t o = 0;
+    const char *out = NULL;
 
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '+') {
-            out[o++] = ' ';
-        } else if (s[i] == '%') {
-            int hi, lo;
-
-            if (i + 2 >= n)
-                return NULL;
-            hi = isxdigit((unsigned char)s[i + 1]) ? s[i + 1] : -1;
-            lo = isxdigit((unsigned char)s[i + 2]) ? s[i + 2] : -1;
-            if (hi < 0 || lo < 0)
-                return NULL;
-            hi = isdigit(hi) ? hi - '0' : (tolower(hi) - 'a' + 10);
-            lo = isdigit(lo) ? lo - '0' : (tolower(lo) - 'a' + 10);
-            if (hi * 16 + lo == 0)
-                return NULL;
-            out[o++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            out[o++] = s[i];
-        }
-    }
-    out[o] = '\0';
-    return out;
+    return gr_url_decode(a, s, n, true, &out) == 0 ? out : NULL;
 }
 
 /* The value of @key in an application/x-www-form-urlencoded body; "" dup → NULL. */

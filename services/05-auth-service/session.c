@@ -39,20 +39,21 @@ static int emit_simple(struct gr_req *req, const char *type, const char *user_id
 /*
  * Records a failed password for an existing account; the 10th in a row locks it (and starts
  * the count again). Decided in SQL on the row itself, so parallel failures cannot skip it.
+ * Body of a gr_req_tx: its retries, not the core's re-run of the handler, absorb parallel
+ * logins of one account, which would count the attempt twice against the login limits.
  */
-static int login_failed_once(struct gr_req *req, const char *user_id)
+static int login_failed_tx(struct gr_req *req, void *arg)
 {
+    const char *user_id = arg;
     long long locked = 0;
-    int rc = gr_req_begin(req);
-
-    if (rc == 0)
-        rc = gr_db_exec(req->db,
+    int rc = gr_db_exec(req->db,
                         "UPDATE credentials SET failed_logins = 0, locked_until = $2"
                         " WHERE id = $1 AND failed_logins + 1 >= $3",
                         (struct gr_db_val[]){ GR_DB_TEXT(user_id),
                                               GR_DB_INT(gr_time_now_s() + AUTH_LOCK_S),
                                               GR_DB_INT(AUTH_LOCK_AFTER) },
                         3, &locked);
+
     if (rc == 0 && locked == 0)
         rc = gr_db_exec(req->db,
                         "UPDATE credentials SET failed_logins = failed_logins + 1 WHERE id = $1",
@@ -63,72 +64,48 @@ static int login_failed_once(struct gr_req *req, const char *user_id)
         rc = emit_simple(req, "auth.user.locked", user_id, "too_many_failures");
         gr_log_warn("account locked after failed logins", "user_id", user_id);
     }
-    if (rc == 0)
-        rc = gr_db_commit(req->db);
     return rc;
-}
-
-/*
- * Runs @fn's transaction again while PostgreSQL reports a serialization failure (parallel
- * logins of one account), here rather than through the core's retry of the whole handler,
- * which would count the attempt against the login limits a second time.
- */
-#define LOGIN_TX_ATTEMPTS 8
-
-static void tx_backoff(int attempt)
-{
-    unsigned window = 1000u << (attempt < 5 ? attempt : 5); /* microseconds */
-
-    usleep((useconds_t)(window / 2 + (unsigned)(gr_time_mono_ns() / 1000 % (window / 2))));
 }
 
 static int login_failed(struct gr_req *req, const char *user_id)
 {
-    int rc = GR_EBUSY;
-
-    for (int attempt = 0; rc == GR_EBUSY && attempt < LOGIN_TX_ATTEMPTS; attempt++) {
-        if (attempt > 0) {
-            (void)gr_db_rollback(req->db);
-            tx_backoff(attempt);
-        }
-        rc = login_failed_once(req, user_id);
-    }
-    return rc;
+    return gr_req_tx(req, login_failed_tx, (void *)(uintptr_t)user_id);
 }
 
-/* The success transaction; GR_EUNAUTH when the account was locked meanwhile. */
-static int login_succeeded(struct gr_req *req, const char *user_id, bool upgrade,
-                           const char *newhash, char **access, const char **refresh)
+struct login_ok {
+    const char *user_id, *newhash, *refresh;
+    bool upgrade;
+    char *access;
+};
+
+/* The success transaction (a gr_req_tx body); GR_EUNAUTH when the account was locked meanwhile. */
+static int login_succeeded_tx(struct gr_req *req, void *arg)
 {
-    struct auth_app *app = req->app;
+    struct login_ok *l = arg;
     json_t *roles = NULL, *perms = NULL;
     long long changes = 0;
-    int rc = gr_req_begin(req);
+    int rc;
 
     /* Only while not locked: a parallel failure may have locked it since our read. */
-    if (rc == 0)
-        rc = gr_db_exec(req->db,
-                        upgrade ? "UPDATE credentials SET failed_logins = 0, locked_until = 0,"
-                                  " password_hash = $3 WHERE id = $1 AND locked_until <= $2"
-                                : "UPDATE credentials SET failed_logins = 0, locked_until = 0"
-                                  " WHERE id = $1 AND locked_until <= $2",
-                        (struct gr_db_val[]){ GR_DB_TEXT(user_id), GR_DB_INT(gr_time_now_s()),
-                                              GR_DB_TEXT(newhash) },
-                        upgrade ? 3 : 2, &changes);
+    rc = gr_db_exec(req->db,
+                    l->upgrade ? "UPDATE credentials SET failed_logins = 0, locked_until = 0,"
+                                 " password_hash = $3 WHERE id = $1 AND locked_until <= $2"
+                               : "UPDATE credentials SET failed_logins = 0, locked_until = 0"
+                                 " WHERE id = $1 AND locked_until <= $2",
+                    (struct gr_db_val[]){ GR_DB_TEXT(l->user_id), GR_DB_INT(gr_time_now_s()),
+                                          GR_DB_TEXT(l->newhash) },
+                    l->upgrade ? 3 : 2, &changes);
     if (rc == 0 && changes == 0)
         rc = GR_EUNAUTH;
     if (rc == 0)
-        rc = auth_refresh_new(req, user_id, NULL, NULL, refresh, NULL);
+        rc = auth_refresh_new(req, l->user_id, NULL, NULL, &l->refresh, NULL);
     if (rc == 0)
-        rc = auth_user_grants(req->db, req->arena, user_id, &roles, &perms);
+        rc = auth_user_grants(req->db, req->arena, l->user_id, &roles, &perms);
     if (rc == 0)
-        rc = auth_access_token(app, req->arena, user_id, roles, perms, access, NULL);
+        rc = auth_access_token(req->app, req->arena, l->user_id, roles, perms, &l->access, NULL);
     if (rc == 0)
-        rc = emit_simple(req, "auth.login.succeeded", user_id, upgrade ? "rehashed" : "password");
-    if (rc == 0)
-        rc = gr_db_commit(req->db);
-    else
-        (void)gr_db_rollback(req->db);
+        rc = emit_simple(req, "auth.login.succeeded", l->user_id,
+                         l->upgrade ? "rehashed" : "password");
     json_decref(roles);
     json_decref(perms);
     return rc;
@@ -141,8 +118,9 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     struct auth_app *app = req->app;
     struct gr_json_rd r = { .a = req->arena, .errs = &resp->errs };
     const char *user_in = NULL, *email_in = NULL, *pw = NULL, *code = NULL, *ident, *ip;
-    const char *user_id, *refresh = NULL, *hash_text;
-    char *access = NULL, newhash[256] = "";
+    const char *user_id, *hash_text;
+    char newhash[256] = "";
+    struct login_ok ok_state;
     struct gr_db_rows *rows = NULL;
     bool ok = false, upgrade = false, locked;
     int retry = 0, rc;
@@ -220,12 +198,8 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     }
     if (upgrade && pw_hash(pw, strlen(pw), newhash, sizeof(newhash)) != 0)
         upgrade = false; /* keep the old hash; try again at the next login */
-    rc = GR_EBUSY;
-    for (int attempt = 0; rc == GR_EBUSY && attempt < LOGIN_TX_ATTEMPTS; attempt++) {
-        if (attempt > 0)
-            tx_backoff(attempt);
-        rc = login_succeeded(req, user_id, upgrade, newhash, &access, &refresh);
-    }
+    ok_state = (struct login_ok){ .user_id = user_id, .newhash = newhash, .upgrade = upgrade };
+    rc = gr_req_tx(req, login_succeeded_tx, &ok_state);
     if (rc == GR_EUNAUTH)
         return bad_credentials(req, resp);
     if (rc < 0)
@@ -233,7 +207,7 @@ int auth_login(struct gr_req *req, struct gr_resp *resp)
     if (upgrade)
         gr_log_info("password hash upgraded to argon2id", "user_id", user_id);
     gr_resp_header(req, resp, "Cache-Control", "no-store");
-    gr_resp_json(resp, 200, auth_token_body(access, refresh));
+    gr_resp_json(resp, 200, auth_token_body(ok_state.access, ok_state.refresh));
     return 0;
 }
 

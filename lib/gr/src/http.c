@@ -610,6 +610,36 @@ int gr_req_begin(struct gr_req *req)
 
 #define BUSY_ATTEMPTS 8 /* with exponential backoff: at most ~130 ms of pauses in all */
 
+/*
+ * The pause before busy attempt @attempt (1..): half of an exponentially growing window, plus
+ * a jitter from the clock's low bits, so retrying writers spread out instead of colliding again.
+ */
+static void busy_pause(int attempt)
+{
+    unsigned window = 1000u << (attempt < 7 ? attempt : 7); /* microseconds */
+    unsigned jitter = (unsigned)((uint64_t)gr_time_mono_ns() / 1000 % (window / 2));
+
+    usleep((useconds_t)(window / 2 + jitter));
+}
+
+int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), void *arg)
+{
+    int rc = GR_EBUSY;
+
+    for (int attempt = 1; rc == GR_EBUSY && attempt <= BUSY_ATTEMPTS; attempt++) {
+        if (attempt > 1)
+            busy_pause(attempt - 1);
+        rc = gr_req_begin(req);
+        if (rc == 0)
+            rc = fn(req, arg);
+        if (rc == 0)
+            rc = gr_db_commit(req->db);
+        else if (gr_db_in_tx(req->db))
+            (void)gr_db_rollback(req->db);
+    }
+    return rc;
+}
+
 static void reset_response(struct gr_resp *resp)
 {
     if (resp->json)
@@ -709,14 +739,7 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
         if (req->db && gr_db_in_tx(req->db))
             (void)gr_db_rollback(req->db);
         reset_response(&st->resp);
-        {
-            /* Half of an exponentially growing window, plus a jitter from the clock's low
-             * bits, so retrying writers spread out instead of colliding again. */
-            unsigned window = 1000u << (attempt < 7 ? attempt : 7); /* microseconds */
-            unsigned jitter = (unsigned)((uint64_t)gr_time_mono_ns() / 1000 % (window / 2));
-
-            usleep((useconds_t)(window / 2 + jitter));
-        }
+        busy_pause(attempt);
     }
     gr_idem__end(req, &st->resp, ik, rc); /* stores a 2xx not stored yet, else releases */
     return rc;

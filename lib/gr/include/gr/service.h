@@ -66,5 +66,14 @@ int gr_main(const struct gr_service *svc, int argc, char **argv);
  * need one without GR_R_TX. Commit with gr_db_commit(req->db).
  */
 GR_MUST_CHECK int gr_req_begin(struct gr_req *req);
+/**
+ * Runs @fn(@req, @arg) in a transaction of its own on req->db and commits it when @fn returns
+ * 0 (else rolls it back and returns @fn's code). A serialization failure or lock timeout
+ * (GR_EBUSY) runs it again after the same jittered pauses the core uses for GR_R_TX routes:
+ * for a handler that must not be re-run whole (e.g. work before the transaction that must
+ * count once). @fn must not commit or roll back itself.
+ */
+GR_MUST_CHECK int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg),
+                            void *arg);
 
 #endif
