@@ -31,7 +31,7 @@ CFLAGS  := -std=c17 $(OPT) $(WARN) $(SANFLAGS) -D_GNU_SOURCE -pthread -Ilib/gr/i
            -I/usr/include/postgresql $(EXTRA_CFLAGS)
 LDFLAGS := $(SANFLAGS) -pthread
 LIBS    := -lmicrohttpd -ljansson -lsqlite3 -lpq -lnats -lcurl -lssl -lcrypto -largon2 -loath \
-           -lcrypt -lm
+           -lcrypt -lhiredis -lm
 PY      := /usr/bin/python3
 
 GR_SRC  := $(sort $(wildcard lib/gr/src/*.c))

@@ -10,7 +10,7 @@ PKGS=(
     postgresql postgresql-client
     python3 python3-jwt python3-cryptography python3-prometheus-client
     python3-pyotp python3-passlib python3-bcrypt
-    libnats-dev nats-server
+    libnats-dev nats-server libhiredis-dev redis-server prometheus slowhttptest
     wrk nginx curl procps
 )
 

@@ -364,11 +364,15 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
             "listening", "host", p->ctx.cfg.host, "port", port, "version", svc->version, "database",
             p->ctx.db ? (gr_db_engine(p->ctx.db) == GR_DB_PG ? "postgres" : "sqlite") : "none");
     }
+    if (svc->started)
+        svc->started(&p->ctx, p->ctx.app, p->srv.port);
     if (p->ctx.cfg.port_file && write_port_file(p->ctx.cfg.port_file, p->srv.port) < 0)
         gr_log_error("cannot write GR_PORT_FILE", "path", p->ctx.cfg.port_file);
     while (sigwait(&set, &sig) != 0)
         ;
     gr_log_info("draining", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    if (svc->draining)
+        svc->draining(&p->ctx, p->ctx.app);
     gr_http__drain(&p->srv, p->ctx.cfg.drain_timeout_s * 1000);
     release(p);
     gr_log_info("stopped");

@@ -41,6 +41,10 @@ struct gr_service {
     int (*init)(struct gr_ctx *ctx, void **app);
     /** Optional: releases it after the server stopped. */
     void (*fini)(struct gr_ctx *ctx, void *app);
+    /** Optional: called once the HTTP server listens on @port (the bound one, PORT=0 too). */
+    void (*started)(struct gr_ctx *ctx, void *app, int port);
+    /** Optional: called when a drain begins (SIGTERM/SIGINT), before the server stops. */
+    void (*draining)(struct gr_ctx *ctx, void *app);
 };
 
 /* The running service, shared by all request threads (read-only after start-up). */
