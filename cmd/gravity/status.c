@@ -1,8 +1,9 @@
 /*
  * status.c - `gravity status`: reads the state file that `gravity up` keeps, asks each
  * running service for GET /health (1 s limit) and prints one line per service: whether it is
- * up, down or degraded, its version, pid, port, uptime and restart count. Exits 1 with one line
- * when no `gravity up` is running for this data directory.
+ * up, down or degraded, its version, pid, port, the number of passing instances the registry
+ * (02, when it runs) lists for it, uptime and restart count. Exits 1 with one line when no
+ * `gravity up` is running for this data directory.
  */
 #include <stdio.h>
 #include <string.h>
@@ -58,6 +59,58 @@ out:
     gr_free(url);
 }
 
+/*
+ * GET /api/v1/registry/services of the discovery service (02) in @svcs, when it runs: an array
+ * (or {"data":[…]}) of {name, instances}. NULL when there is none or it does not answer.
+ */
+static json_t *registry_services(json_t *svcs)
+{
+    struct gr_buf body = GR_BUF_INIT;
+    json_t *svc, *root = NULL, *list = NULL;
+    size_t i;
+    long code = 0;
+    int port = 0;
+
+    json_array_foreach(svcs, i, svc)
+    {
+        if (strncmp(jstr(svc, "id", ""), "02-", 3) == 0 &&
+            json_integer_value(json_object_get(svc, "pid")) > 0)
+            port = (int)json_integer_value(json_object_get(svc, "port"));
+    }
+    if (port <= 0)
+        return NULL;
+    {
+        char *url = gravity_strf("http://127.0.0.1:%d/api/v1/registry/services", port);
+
+        gr_buf_init(&body, GRAVITY_HTTP_BODY_MAX);
+        if (gravity_http_get(url, HEALTH_TIMEOUT_MS, &code, &body) == 0 && code == 200)
+            root = json_loadb(gr_buf_cstr(&body), body.len, 0, NULL);
+        gr_free(url);
+        gr_buf_release(&body);
+    }
+    list = json_is_array(root) ? root : json_object_get(root, "data");
+    if (json_is_array(list))
+        json_incref(list);
+    else
+        list = NULL;
+    json_decref(root);
+    return list;
+}
+
+/* The passing instances the registry lists for @name: "-" without a registry. */
+static void fmt_instances(json_t *reg, const char *name, char *out, size_t n)
+{
+    json_t *e;
+    size_t i;
+
+    snprintf(out, n, "%s", reg ? "0" : "-");
+    json_array_foreach(reg, i, e)
+    {
+        if (strcmp(jstr(e, "name", ""), name) == 0)
+            snprintf(out, n, "%lld", (long long)json_integer_value(json_object_get(e, "instances")));
+    }
+}
+
 static void fmt_uptime(long long s, char *out, size_t n)
 {
     if (s < 0)
@@ -72,8 +125,9 @@ static void fmt_uptime(long long s, char *out, size_t n)
         snprintf(out, n, "%lldd%02lldh", s / 86400, (s % 86400) / 3600);
 }
 
-static void print_service(json_t *svc, int w, time_t now)
+static void print_service(json_t *svc, json_t *reg, int w, time_t now)
 {
+    char inst[24];
     const char *id = jstr(svc, "id", "?");
     int pid = (int)json_integer_value(json_object_get(svc, "pid"));
     int port = (int)json_integer_value(json_object_get(svc, "port"));
@@ -92,13 +146,14 @@ static void print_service(json_t *svc, int w, time_t now)
         if (started > 0)
             fmt_uptime((long long)(now - started), up, sizeof(up));
     }
-    printf("%-*s  %-8s  %-10s  %-7s  %-5d  %-8s  %d\n", w, id, h.status,
-           h.version[0] ? h.version : "-", spid, port, up, restarts);
+    fmt_instances(reg, jstr(svc, "name", ""), inst, sizeof(inst));
+    printf("%-*s  %-8s  %-10s  %-7s  %-5d  %-9s  %-8s  %d\n", w, id, h.status,
+           h.version[0] ? h.version : "-", spid, port, inst, up, restarts);
 }
 
 int gravity_cmd_status(const struct gravity_env *env, int argc, char **argv)
 {
-    json_t *st = NULL, *svcs, *svc;
+    json_t *st = NULL, *svcs, *svc, *reg = NULL;
     size_t i;
     pid_t pid;
     int w = (int)strlen("SERVICE");
@@ -125,14 +180,16 @@ int gravity_cmd_status(const struct gravity_env *env, int argc, char **argv)
         int l = (int)strlen(jstr(svc, "id", "?"));
         w = l > w ? l : w;
     }
-    printf("%-*s  %-8s  %-10s  %-7s  %-5s  %-8s  %s\n", w, "SERVICE", "STATUS", "VERSION", "PID",
-           "PORT", "UPTIME", "RESTARTS");
+    reg = registry_services(svcs);
+    printf("%-*s  %-8s  %-10s  %-7s  %-5s  %-9s  %-8s  %s\n", w, "SERVICE", "STATUS", "VERSION",
+           "PID", "PORT", "INSTANCES", "UPTIME", "RESTARTS");
     json_array_foreach(svcs, i, svc)
     {
-        print_service(svc, w, now);
+        print_service(svc, reg, w, now);
     }
     rc = GRAVITY_EXIT_OK;
 out:
+    json_decref(reg);
     json_decref(st);
     return rc;
 }

@@ -348,7 +348,7 @@ char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc 
 
     while (environ[n])
         n++;
-    envp = gr_xcalloc(n + 10, sizeof(*envp));
+    envp = gr_xcalloc(n + 12, sizeof(*envp));
     for (size_t i = 0; i < n; i++) {
         if (replaced(environ[i], creds, auth))
             continue;
@@ -362,6 +362,8 @@ char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc 
     if (env->port_offset != 0 && !getenv("JWKS_URL"))
         envp[k++] =
             gravity_strf("JWKS_URL=http://127.0.0.1:%d/api/v1/auth/jwks", 8001 + env->port_offset);
+    if (creds && creds->discovery_port > 0 && !getenv("DISCOVERY_URL"))
+        envp[k++] = gravity_strf("DISCOVERY_URL=http://127.0.0.1:%d", creds->discovery_port);
     if (creds && creds->on) {
         envp[k++] = gravity_strf("SERVICE_CLIENT_ID=%s", creds->client_id);
         envp[k++] = gravity_strf("SERVICE_CLIENT_SECRET=%s", creds->secret);

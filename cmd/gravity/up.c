@@ -54,7 +54,21 @@ struct sup {
     int64_t kill_at_ms;
     bool state_warned;
     struct gravity_creds creds; /* the services' client credentials for this run */
+    int phase;                  /* the start phase reached (see phase_of) */
+    int64_t phase_deadline_ms;  /* when the next phase starts even if this one is not ready */
 };
+
+/*
+ * Start order (ARCHITECTURE §1): discovery (02) first, so that every other service can
+ * register with it; the gateway (03) last, so that it finds them registered; everything else
+ * in between, all at once. A phase begins when the previous one is ready, or after
+ * GRAVITY_READY_TIMEOUT at the latest.
+ */
+#define PHASE_LAST 2
+static int phase_of(const struct gravity_svc *v)
+{
+    return v->number == 2 ? 0 : v->number == 3 ? 2 : 1;
+}
 
 static void save_state(struct sup *s)
 {
@@ -321,11 +335,49 @@ static int64_t min64(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
+/* Starts the next phase that has services (see phase_of); the table waits for the last. */
+static void start_phase(struct sup *s, int64_t now)
+{
+    while (s->phase < PHASE_LAST) {
+        size_t n = 0;
+
+        s->phase++;
+        for (size_t i = 0; i < s->svcs.n; i++) {
+            if (phase_of(&s->svcs.v[i]) == s->phase) {
+                spawn(s, &s->svcs.v[i]);
+                n++;
+            }
+        }
+        if (n > 0)
+            break;
+    }
+    s->phase_deadline_ms = now + s->env->ready_ms;
+    s->table_deadline_ms = now + s->env->ready_ms;
+}
+
+/* True when every service of the phases started so far was ready once. */
+static bool phase_up(const struct sup *s)
+{
+    for (size_t i = 0; i < s->svcs.n; i++) {
+        const struct gravity_svc *v = &s->svcs.v[i];
+
+        if (phase_of(v) <= s->phase && v->state == GRAVITY_SVC_STARTING)
+            return false;
+    }
+    return true;
+}
+
 /* Runs what is due now and returns how long poll may wait for the next thing. */
 static int tick(struct sup *s)
 {
     int64_t now = gravity_now_ms();
     int64_t next = now + LOOP_MAX_WAIT_MS;
+
+    if (!s->stopping && s->phase < PHASE_LAST &&
+        (phase_up(s) || now >= s->phase_deadline_ms))
+        start_phase(s, now);
+    if (!s->stopping && s->phase < PHASE_LAST)
+        next = min64(next, s->phase_deadline_ms);
 
     for (size_t i = 0; i < s->svcs.n && !s->stopping; i++) {
         struct gravity_svc *v = &s->svcs.v[i];
@@ -340,7 +392,7 @@ static int tick(struct sup *s)
             next = min64(next, v->next_probe_ms);
     }
     now = gravity_now_ms();
-    if (!s->stopping && !s->table_printed) {
+    if (!s->stopping && !s->table_printed && s->phase >= PHASE_LAST) {
         if (all_up(s) || now >= s->table_deadline_ms)
             print_table(s);
         else
@@ -371,9 +423,8 @@ static int supervise(struct sup *s)
 {
     int64_t now = gravity_now_ms();
 
-    s->table_deadline_ms = now + s->env->ready_ms;
-    for (size_t i = 0; i < s->svcs.n; i++)
-        spawn(s, &s->svcs.v[i]);
+    s->phase = -1;
+    start_phase(s, now);
     while (!s->stopping || running(s) > 0) {
         struct pollfd pfd = { .fd = s->sfd, .events = POLLIN };
         int wait_ms = tick(s);
@@ -569,6 +620,10 @@ int gravity_cmd_up(const struct gravity_env *env, int argc, char **argv)
     if (gravity_creds_init(&s.creds) < 0) {
         fprintf(stderr, "gravity: cannot make a service secret: %s\n", strerror(errno));
         goto out;
+    }
+    for (size_t i = 0; i < s.svcs.n; i++) {
+        if (s.svcs.v[i].number == 2)
+            s.creds.discovery_port = s.svcs.v[i].port;
     }
     s.started_at = time(NULL);
     state = gravity_state_path(env);
