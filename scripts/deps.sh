@@ -9,9 +9,9 @@ PKGS=(
     libssl-dev libcmocka-dev libargon2-dev liboath-dev libcrypt-dev
     postgresql postgresql-client
     python3 python3-jwt python3-cryptography python3-prometheus-client
-    python3-pyotp python3-passlib python3-bcrypt
+    python3-pyotp python3-passlib python3-bcrypt python3-yaml
     libnats-dev nats-server libhiredis-dev redis-server prometheus slowhttptest
-    wrk nginx curl procps
+    wrk nginx curl procps docker-compose
 )
 
 missing=()

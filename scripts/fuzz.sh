@@ -9,7 +9,7 @@ out=build/fuzz
 mkdir -p "$out"
 CFLAGS=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -std=c17
         -D_GNU_SOURCE -pthread -Ilib/gr/include -I/usr/include/postgresql)
-LIBS=(-lmicrohttpd -ljansson -lsqlite3 -lpq -lcurl -lssl -lcrypto -lm)
+LIBS=(-lmicrohttpd -ljansson -lsqlite3 -lpq -lnats -lcurl -lssl -lcrypto -lhiredis -lm)
 rc=0
 summary=()
 for src in fuzz/*/fuzz_*.c; do

@@ -14,6 +14,7 @@ chmod 755 "$tmp"
 cleanup() {
     scripts/pg.sh stop "$tmp/pg" >/dev/null 2>&1 || true
     scripts/nats.sh stop "$tmp/nats" >/dev/null 2>&1 || true
+    scripts/redis.sh stop "$tmp/redis" >/dev/null 2>&1 || true
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -32,6 +33,10 @@ export GR_TEST_NATS_URL=$nats_url
 export GR_TEST_NATS_DIR=$tmp/nats # lets test_bus_conformance restart it (outage test)
 export GR_TEST_BUS_BIN="$B/bin/14-event-bus-service" # test_bus_conformance starts 14 itself
 export GR_TEST_JWT_TOOL="$B/bin/gr-jwt"
+echo "-- starting redis-server"
+redis_url=$(scripts/redis.sh start "$tmp/redis")
+# Not REDIS_URL: every service the runners start would share one Redis and its counters.
+export GR_TEST_REDIS_URL=$redis_url
 
 failed=()
 run() { # name, command...
@@ -48,6 +53,8 @@ done
 run "start-up configuration errors" tests/startup/test-config.sh "$B"
 run "openapi documents every route" "$PY" tests/startup/test-openapi.py "$B"
 run "metrics are valid Prometheus text" "$PY" tests/startup/test-metrics.py "$B"
+run "deploy: static checks (Dockerfile, compose, k8s)" "$PY" tests/deploy/test-deploy.py "$B"
+run "deploy: generated env on PostgreSQL, Redis, NATS" "$PY" tests/deploy/test-env.py "$B"
 
 if [ -x tests/gravity/test-up.sh ]; then
     run "gravity up" tests/gravity/test-up.sh "$B"
@@ -89,6 +96,8 @@ if [ -x "$B/bin/05-auth-service" ]; then
         run "05-auth-service security: $t" "$PY" \
             services/05-auth-service/tests/security/test-$t.py "$B/bin/05-auth-service"
     done
+    run "05-auth-service login limits on Redis" "$PY" \
+        services/05-auth-service/tests/security/test-redis-limits.py "$B/bin/05-auth-service" "$redis_url"
     for engine in sqlite pg; do
         url=; [ "$engine" = pg ] && url=$pg_url
         run "05-auth-service oauth ($engine)" "$PY" services/05-auth-service/tests/oauth/test-oauth.py \

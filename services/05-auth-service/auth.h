@@ -35,6 +35,7 @@ struct auth_app {
     char *jwks;                /* keys_mu: the published JWKS document */
     int64_t keys_loaded_ms;    /* keys_mu */
     struct gr_rl *rl;          /* login limits (decision 19) */
+    struct gr_redis *redis;    /* REDIS_URL: login limits shared by every instance; or NULL */
     const char *signing_alg;   /* AUTH_SIGNING_ALG: ES256 (default) or RS256 */
     int rl_user, rl_ip;        /* logins a minute per (IP, identifier) and per IP */
 };

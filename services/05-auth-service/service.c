@@ -19,6 +19,7 @@
 
 #include "auth.h"
 #include "gr/log.h"
+#include "gr/redis.h"
 #include "password.h"
 
 static struct auth_app the_app;
@@ -80,7 +81,16 @@ static int init(struct gr_ctx *ctx, void **app_out)
     rc = auth_oauth_config_check();
     if (rc < 0)
         return rc;
-    app->rl = gr_rl_new(65536);
+    if (ctx->cfg.redis_url) {
+        char err[256];
+
+        rc = gr_redis_new(ctx->cfg.redis_url, &app->redis, err, sizeof(err));
+        if (rc < 0) {
+            fprintf(stderr, "05-auth-service: %s\n", err);
+            return rc;
+        }
+    }
+    app->rl = app->redis ? gr_rl_new_redis(app->redis, 65536) : gr_rl_new(65536);
     rc = auth_kek_load(app, ctx->cfg.data_dir);
     if (rc == 0)
         rc = auth_keys_init(app);
@@ -101,6 +111,8 @@ static void fini(struct gr_ctx *ctx, void *p)
     (void)ctx;
     auth_links_stop();
     gr_rl_free(app->rl);
+    gr_redis_free(app->redis);
+    app->redis = NULL;
     gr_free(app->jwks);
     app->jwks = NULL;
 }
