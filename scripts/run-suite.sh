@@ -69,6 +69,11 @@ for dir in services/*/tests/http; do
     done
 done
 
+if [ -x "$B/bin/02-service-discovery" ]; then
+    run "02-service-discovery registry (sqlite)" "$PY" services/02-service-discovery/tests/test-registry.py "$B"
+    run "02-service-discovery registry (pg)" "$PY" services/02-service-discovery/tests/test-registry.py "$B" "$pg_url"
+fi
+
 if [ -x "$B/bin/14-event-bus-service" ]; then
     for engine in sqlite pg; do
         url=; [ "$engine" = pg ] && url=$pg_url
@@ -118,6 +123,18 @@ if [ -x "$B/bin/gr-bus-probe" ]; then
         run "bus poison event $be (sqlite)" "$PY" tests/bus/test-poison.py "$B" --backend "$be"
         run "bus poison event $be (pg)" "$PY" tests/bus/test-poison.py "$B" --backend "$be" --pg-url "$pg_url"
     done
+fi
+
+if [ -x "$B/bin/04-config-service" ]; then
+    run "04-config-service CAS race, long-poll, secrets (sqlite)" "$PY" services/04-config-service/tests/test-config.py "$B"
+    run "04-config-service CAS race, long-poll, secrets (pg)" "$PY" services/04-config-service/tests/test-config.py "$B" "$pg_url"
+    run "04-config-service hot reload into 17 (LOG_LEVEL)" "$PY" services/04-config-service/tests/test-hot-reload.py "$B"
+fi
+
+if [ -x "$B/bin/03-api-gateway" ]; then
+    run "03-api-gateway registry watch (sqlite)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B"
+    run "03-api-gateway registry watch (pg)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B" --pg-url "$pg_url"
+    run "03-api-gateway registry watch (python double)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B" --fake
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -107,7 +107,8 @@ static void fmt_instances(json_t *reg, const char *name, char *out, size_t n)
     json_array_foreach(reg, i, e)
     {
         if (strcmp(jstr(e, "name", ""), name) == 0)
-            snprintf(out, n, "%lld", (long long)json_integer_value(json_object_get(e, "instances")));
+            snprintf(out, n, "%lld",
+                     (long long)json_integer_value(json_object_get(e, "instances")));
     }
 }
 

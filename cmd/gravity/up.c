@@ -373,8 +373,7 @@ static int tick(struct sup *s)
     int64_t now = gravity_now_ms();
     int64_t next = now + LOOP_MAX_WAIT_MS;
 
-    if (!s->stopping && s->phase < PHASE_LAST &&
-        (phase_up(s) || now >= s->phase_deadline_ms))
+    if (!s->stopping && s->phase < PHASE_LAST && (phase_up(s) || now >= s->phase_deadline_ms))
         start_phase(s, now);
     if (!s->stopping && s->phase < PHASE_LAST)
         next = min64(next, s->phase_deadline_ms);

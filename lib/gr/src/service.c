@@ -14,7 +14,9 @@
 
 #include "bus_int.h"
 #include "gr/auth.h"
+#include "gr/confwatch.h"
 #include "gr/db.h"
+#include "gr/discovery.h"
 #include "gr/json.h"
 #include "gr/log.h"
 #include "gr/metrics.h"
@@ -30,7 +32,8 @@ struct platform {
     int64_t started_ms;
     struct gr_bus_cfg bus_cfg;
     struct gr_bus *bus;
-    struct gr_svctoken *svctoken; /* SERVICE_TOKEN or client credentials; NULL: none */
+    struct gr_svctoken *svctoken;   /* SERVICE_TOKEN or client credentials; NULL: none */
+    struct gr_discovery *discovery; /* registration with 02 (DISCOVERY_URL); NULL: none */
 };
 
 static struct platform *plat_of(struct gr_req *req)
@@ -232,6 +235,7 @@ static int start_bus(struct platform *p)
 
 static void release(struct platform *p)
 {
+    gr_confwatch_stop(); /* first: its callbacks may use the service's state */
     gr_bus__stop(p->bus);
     p->bus = NULL;
     if (p->ctx.svc->fini && p->ctx.app)
@@ -340,6 +344,13 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
         release(p);
         return rc == GR_ECONFIG ? 2 : 1;
     }
+    /* Hot reload (gr/confwatch.h): after init, so that its gr_confwatch_on calls are in. */
+    rc = gr_confwatch_start(svc->name, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "%s: %s\n", svc->id, err);
+        release(p);
+        return rc == GR_ECONFIG ? 2 : 1;
+    }
     rc = gr_router_new(tables, counts, 2, &p->srv.router);
     if (rc < 0) {
         release(p);
@@ -366,11 +377,22 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     }
     if (svc->started)
         svc->started(&p->ctx, p->ctx.app, p->srv.port);
+    /* Register with the registry (02), which does not register with itself. */
+    if (p->ctx.cfg.discovery_url && strcmp(svc->id, "02-service-discovery") != 0) {
+        char derr[256];
+
+        if (gr_discovery_start(p->ctx.cfg.discovery_url, svc->name, NULL, p->srv.port,
+                               &p->discovery, derr, sizeof(derr)) < 0)
+            gr_log_warn("service discovery disabled", "error", derr);
+    }
     if (p->ctx.cfg.port_file && write_port_file(p->ctx.cfg.port_file, p->srv.port) < 0)
         gr_log_error("cannot write GR_PORT_FILE", "path", p->ctx.cfg.port_file);
     while (sigwait(&set, &sig) != 0)
         ;
     gr_log_info("draining", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* Leave the registry first, so that no new traffic is routed here (<= 2 s). */
+    gr_discovery_stop(p->discovery);
+    p->discovery = NULL;
     if (svc->draining)
         svc->draining(&p->ctx, p->ctx.app);
     gr_http__drain(&p->srv, p->ctx.cfg.drain_timeout_s * 1000);

@@ -1,0 +1,58 @@
+/*
+ * cfgsvc.h - config-service (SERVICES §04): versioned configuration and encrypted secrets per
+ * service and environment, with a merged view and long-poll watch.
+ */
+#ifndef CFGSVC_H
+#define CFGSVC_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "gr/arena.h"
+#include "gr/http.h"
+#include "gr/router.h"
+#include "gr/service.h"
+
+#define CFG_SERVICE_MAX 63           /* characters of a service name */
+#define CFG_KEY_MAX     256          /* characters of a key */
+#define CFG_VALUE_MAX   (64 * 1024)  /* bytes of a value's JSON text */
+#define CFG_BODY_MAX    (128 * 1024) /* bytes of a PUT body */
+#define CFG_WAIT_MAX_MS 60000        /* longest long-poll */
+#define CFG_WAIT_DEF_MS 30000        /* long-poll when ?index= comes without ?wait= */
+#define CFG_MASK        "******"
+#define CFG_NROUTES     6
+
+/* The service state (req->app): the master key and the watch state. */
+struct cfg_app {
+    unsigned char key[32]; /* AES-256-GCM master key; never logged */
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* broadcast when index moves or a drain begins (CLOCK_MONOTONIC) */
+    long long index;   /* highest config index known to this process (mu) */
+    int waiters;       /* long-polls in progress (mu) */
+    int max_waiters;   /* beyond: 429, so the HTTP threads never all block */
+    bool draining;     /* (mu) */
+};
+
+extern const struct gr_route cfg_routes[CFG_NROUTES];
+
+/* Loads CONFIG_MASTER_KEY (64 hex chars) or DATA_DIR/config-master-key (made on first start). */
+int cfg_key_load(struct cfg_app *app, const char *data_dir);
+/* Seals @n bytes at @p, bound to @aad, into base64url(nonce|ciphertext|tag) in @a. */
+int cfg_seal(const struct cfg_app *app, struct gr_arena *a, const char *aad, const void *p,
+             size_t n, const char **out);
+/* Opens a sealed value (NUL-terminated plaintext in @a); GR_EINVAL when it does not verify. */
+int cfg_open(const struct cfg_app *app, struct gr_arena *a, const char *aad, const char *sealed,
+             const char **out);
+
+/* Raises the known index to @idx and wakes the long-polls. */
+void cfg_notify(struct cfg_app *app, long long idx);
+
+int cfg_merged_get(struct gr_req *req, struct gr_resp *resp);
+int cfg_entry_get(struct gr_req *req, struct gr_resp *resp);
+int cfg_entry_put(struct gr_req *req, struct gr_resp *resp);
+int cfg_entry_delete(struct gr_req *req, struct gr_resp *resp);
+int cfg_history(struct gr_req *req, struct gr_resp *resp);
+int cfg_rollback(struct gr_req *req, struct gr_resp *resp);
+
+#endif
