@@ -41,8 +41,9 @@ export GR_TEST_REDIS_URL=$redis_url
 failed=()
 run() { # name, command...
     local name=$1; shift
+    local t0=$SECONDS
     echo "-- $name"
-    if "$@"; then echo "ok: $name"; else echo "FAILED: $name"; failed+=("$name"); fi
+    if "$@"; then echo "ok: $name ($((SECONDS - t0)) s)"; else echo "FAILED: $name"; failed+=("$name"); fi
 }
 
 for t in "$B"/tests/test_* "$B"/tests/*/test_*; do

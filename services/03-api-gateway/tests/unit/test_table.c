@@ -236,6 +236,7 @@ static void test_shared_breakers(void **state)
 }
 
 static atomic_bool stop_readers;
+static atomic_int readers_seen; /* readers that matched at least once */
 
 static void *reader(void *arg)
 {
@@ -246,7 +247,8 @@ static void *reader(void *arg)
         const struct gw_route *r = gw_table_match(t, "/api/v1/x/1", 11);
         if (!r || strcmp(r->service, "x") != 0 || r->ninst != 1 || r->inst[0].port < 9000)
             return (void *)1;
-        hits++;
+        if (hits++ == 0)
+            atomic_fetch_add(&readers_seen, 1);
         gw_table_put(t);
     }
     return hits > 0 ? NULL : (void *)1;
@@ -263,9 +265,12 @@ static void test_concurrent_swaps(void **state)
                           err, sizeof(err)),
                      0);
     atomic_store(&stop_readers, false);
+    atomic_store(&readers_seen, 0);
     for (int i = 0; i < 4; i++)
         assert_int_equal(pthread_create(&th[i], NULL, reader, NULL), 0);
-    for (int i = 1; i <= 300; i++) {
+    /* Swap at least 300 times, and on until every reader has run (a loaded box may not have
+     * scheduled them yet); the readers must never see a torn or freed table meanwhile. */
+    for (int i = 1; i <= 300 || atomic_load(&readers_seen) < 4; i++) {
         snprintf(doc, sizeof(doc),
                  "{\"routes\":[{\"prefix\":\"/api/v1/x\",\"service\":\"x\","
                  "\"instances\":[{\"host\":\"127.0.0.1\",\"port\":%d}]}]}",
