@@ -136,6 +136,7 @@ if [ -x "$B/bin/03-api-gateway" ]; then
     run "03-api-gateway registry watch (sqlite)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B"
     run "03-api-gateway registry watch (pg)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B" --pg-url "$pg_url"
     run "03-api-gateway registry watch (python double)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B" --fake
+    run "03-api-gateway data plane" "$PY" services/03-api-gateway/tests/test-front.py "$B"
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -46,6 +46,9 @@ struct gw_app {
     pthread_cond_t stop_cond;
 };
 
+/* front.c: the public port the data plane bound (after gw_front_start). */
+int gw_front_port(void);
+
 /* routes.c */
 #define GW_NROUTES 6
 extern const struct gr_route gw_routes[GW_NROUTES];

@@ -1,16 +1,22 @@
 /*
- * service.c - api-gateway (SERVICES §03, ARCHITECTURE §4) on :8000. This binary is, for now,
- * the control plane only: a gr service whose server owns the `routes` and `api_keys` tables,
- * the admin API under /api/v1/gateway and the platform routes. The init hook reads the static
- * upstreams (GATEWAY_UPSTREAMS) or starts the registry watcher (DISCOVERY_URL), and publishes
- * the first routing table (gw_table_load); the data plane (front.c) is started later through
- * the started/draining hooks.
+ * service.c - api-gateway (SERVICES §03, ARCHITECTURE §4) on :8000. The gr server (control plane:
+ * admin API under /api/v1/gateway and the platform routes) moves to an ephemeral loopback port;
+ * the data plane (front.c) takes the public HOST/PORT in the started hook and forwards the
+ * gateway's own paths to that internal port. The init hook reads the static upstreams
+ * (GATEWAY_UPSTREAMS) or starts the registry watcher (DISCOVERY_URL) and publishes the first
+ * routing table (gw_table_load).
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "gateway.h"
 #include "gr/log.h"
+
+/* The public address the data plane takes; gr's own server moves to an internal port. */
+static const char *pub_host;
+static int pub_port;
+static bool front_started;
 
 static void app_free(struct gw_app *a)
 {
@@ -38,6 +44,10 @@ static int gw_init(struct gr_ctx *ctx, void **app)
     atomic_init(&a->stop, false);
     atomic_init(&a->refresh, false);
     *app = NULL;
+    pub_host = ctx->cfg.host;
+    pub_port = ctx->cfg.port;
+    ctx->cfg.host = "127.0.0.1";
+    ctx->cfg.port = 0;
     /* Validated even when DISCOVERY_URL wins, so a typo never waits for the day it matters. */
     rc = gw_static_upstreams(a, getenv("GATEWAY_UPSTREAMS"), err, sizeof(err));
     if (rc < 0) {
@@ -68,11 +78,77 @@ static int gw_init(struct gr_ctx *ctx, void **app)
     return 0;
 }
 
+static struct gw_rate parse_rate(const char *s)
+{
+    struct gw_rate r = { 0, 0 };
+    char *end = NULL;
+
+    if (!s || !*s)
+        return r;
+    r.per_s = strtod(s, &end);
+    if (end && *end == ':')
+        r.burst = (int)strtol(end + 1, NULL, 10);
+    if (r.per_s < 0)
+        r.per_s = 0;
+    if (r.burst < 1)
+        r.burst = r.per_s >= 1 ? (int)r.per_s : 1;
+    return r;
+}
+
+static void gw_started(struct gr_ctx *ctx, void *app, int port)
+{
+    struct gw_front_cfg fc = { 0 };
+    const char *th = getenv("GATEWAY_THREADS");
+    char err[256] = "";
+
+    (void)app;
+    struct gw_table *t = gw_table_get();
+
+    if (t == NULL) {
+        char e2[64];
+        (void)gw_table_load("{\"routes\":[]}", 13, e2, sizeof(e2));
+    } else {
+        gw_table_put(t);
+    }
+    fc.host = pub_host;
+    fc.port = pub_port;
+    fc.threads = th ? (int)strtol(th, NULL, 10) : 0;
+    fc.self_port = port;
+    fc.auth = ctx->auth;
+    fc.metrics = ctx->metrics;
+    fc.redis_url = ctx->cfg.redis_url;
+    fc.cors_origins = getenv("GATEWAY_CORS_ORIGINS");
+    fc.rate_ip = parse_rate(getenv("GATEWAY_RATE_IP"));
+    fc.rate_user = parse_rate(getenv("GATEWAY_RATE_USER"));
+    if (gw_front_start(&fc, err, sizeof(err)) < 0) {
+        gr_log_error("cannot start the data plane", "error", err);
+        exit(1);
+    }
+    front_started = true;
+    {
+        char ps[16];
+        snprintf(ps, sizeof(ps), "%d", gw_front_port());
+        gr_log_info("data plane listening", "host", pub_host, "port", ps);
+    }
+    /* The port clients use: gr registers it with discovery and writes it to GR_PORT_FILE. */
+    ctx->public_port = gw_front_port();
+}
+
+static void gw_draining(struct gr_ctx *ctx, void *app)
+{
+    (void)app;
+    if (front_started)
+        gw_front_drain(ctx->cfg.drain_timeout_s * 1000);
+}
+
 static void gw_fini(struct gr_ctx *ctx, void *app)
 {
     struct gw_app *a = app;
 
     (void)ctx;
+    if (front_started)
+        gw_front_stop();
+    front_started = false;
     gw_registry_stop(a);
     app_free(a);
 }
@@ -89,6 +165,8 @@ static const struct gr_service gw_service = {
     .sqlite_sync_full = false,
     .init = gw_init,
     .fini = gw_fini,
+    .started = gw_started,
+    .draining = gw_draining,
 };
 
 int main(int argc, char **argv)

@@ -377,15 +377,17 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     }
     if (svc->started)
         svc->started(&p->ctx, p->ctx.app, p->srv.port);
+    if (p->ctx.public_port <= 0)
+        p->ctx.public_port = p->srv.port;
     /* Register with the registry (02), which does not register with itself. */
     if (p->ctx.cfg.discovery_url && strcmp(svc->id, "02-service-discovery") != 0) {
         char derr[256];
 
-        if (gr_discovery_start(p->ctx.cfg.discovery_url, svc->name, NULL, p->srv.port,
+        if (gr_discovery_start(p->ctx.cfg.discovery_url, svc->name, NULL, p->ctx.public_port,
                                &p->discovery, derr, sizeof(derr)) < 0)
             gr_log_warn("service discovery disabled", "error", derr);
     }
-    if (p->ctx.cfg.port_file && write_port_file(p->ctx.cfg.port_file, p->srv.port) < 0)
+    if (p->ctx.cfg.port_file && write_port_file(p->ctx.cfg.port_file, p->ctx.public_port) < 0)
         gr_log_error("cannot write GR_PORT_FILE", "path", p->ctx.cfg.port_file);
     while (sigwait(&set, &sig) != 0)
         ;

@@ -56,6 +56,10 @@ struct gr_ctx {
     struct gr_metrics *metrics;
     struct gr_cursor_key cursor_key;
     void *app;
+    /* The port clients reach the service on when it is not the HTTP server's own (the
+     * gateway's data plane listens in front of it): set by the `started` hook; 0 = the
+     * server's port. Registered with discovery and written to GR_PORT_FILE. */
+    int public_port;
 };
 
 /* Embedded by scripts/embed.py from the service's migrations/ and openapi.json. */
