@@ -112,6 +112,7 @@ bench: deps
 	@bench/run.sh
 	@BUILD=$(BUILD) bench/bus.sh
 	@BUILD=$(BUILD) bench/auth.sh
+	@BUILD=$(BUILD) bench/gateway.sh
 
 CHAOS_EVENTS ?= 100000
 CHAOS_KILLS  ?= 20
