@@ -51,7 +51,7 @@ echo "product-service on :$up_port, gateway on $gw (GATEWAY_THREADS=${GATEWAY_TH
 
 hz=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
-reqs() { curl -s "$gw/metrics" | awk '$1 ~ /^gateway_requests_total/ && index($1, "route=\"/api/v1/products\"") {n+=$2} END{print n+0}'; }
+reqs() { curl -s "$gw/metrics" | awk '$1 ~ /^http_requests_total/ && index($1, "route=\"/api/v1/products\"") {n+=$2} END{print n+0}'; }
 c0=$(cpu "$gw_pid"); u0=$(cpu "$up_pid"); r0=$(reqs)
 out=$("$VS" proxy "127.0.0.1:$up_port" /api/v1/products/x "$gw" "$tmp/get_by_id.lua" \
     -- "Authorization: Bearer $TOKEN" | tee /dev/stderr | tail -1)

@@ -137,6 +137,7 @@ if [ -x "$B/bin/03-api-gateway" ]; then
     run "03-api-gateway registry watch (pg)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B" --pg-url "$pg_url"
     run "03-api-gateway registry watch (python double)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B" --fake
     run "03-api-gateway data plane" "$PY" services/03-api-gateway/tests/test-front.py "$B"
+    run "03-api-gateway under 1,000 slow clients (slowhttptest)" "$PY" services/03-api-gateway/tests/test-slowloris.py "$B"
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

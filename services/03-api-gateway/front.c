@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -103,6 +104,9 @@ struct conn {
     char ip[IP_MAX];
     enum cstate st;
     int64_t last_active;
+    /* when the tick first saw a partial request head (0: none): a head must be complete within
+     * client_timeout_ms however slowly it trickles in (slowloris) */
+    int64_t head_since;
     /* request input */
     char *in;
     size_t in_len, in_cap;
@@ -160,7 +164,6 @@ static struct {
     atomic_bool stop;
     struct gr_tb *tb;
     struct gr_redis *redis;
-    struct gr_histogram *hist;
 } F;
 
 /* ---- small helpers ----------------------------------------------------------------------------
@@ -227,20 +230,23 @@ static const char *method_label(const char *m)
 static void count(struct conn *c, int status)
 {
     char sb[8];
-    const char *route = c->route ? (c->self ? "self" : c->route->prefix) : "unmatched";
+    const char *route = c->route ? c->route->prefix : "unmatched";
     struct gr_counter *ctr;
 
-    if (!F.cfg.metrics)
+    /* The control plane's own server counts what the front forwards to it (c->self). */
+    if (!F.cfg.metrics || c->self)
         return;
     snprintf(sb, sizeof(sb), "%d", status);
-    ctr =
-        gr_metrics_counter(F.cfg.metrics, "gateway_requests_total",
-                           "Requests through the gateway's data plane by method, route and status",
-                           (const char *const[]){ "method", method_label(c->method), "route", route,
-                                                  "status", sb, NULL });
+    ctr = gr_metrics_counter(F.cfg.metrics, "http_requests_total", "HTTP requests",
+                             (const char *const[]){ "method", method_label(c->method), "route",
+                                                    route, "status", sb, NULL });
     gr_counter_add(ctr, 1);
-    if (F.hist && c->started)
-        gr_histogram_observe(F.hist, (double)(gr_time_mono_ms() - c->started) / 1000.0);
+    if (c->started)
+        gr_histogram_observe(gr_metrics_histogram(F.cfg.metrics, "http_request_duration_seconds",
+                                                  "HTTP request latency",
+                                                  (const char *const[]){ "route", route, NULL },
+                                                  NULL, 0),
+                             (double)(gr_time_mono_ms() - c->started) / 1000.0);
 }
 
 /* ---- connection life ------------------------------------------------------------------------ */
@@ -1406,8 +1412,13 @@ static void tick(struct worker *w)
     }
     for (struct conn *c = w->conns, *nx; c; c = nx) {
         nx = c->next;
+        if (c->st != ST_HEAD || c->in_len == 0)
+            c->head_since = 0;
+        else if (c->head_since == 0)
+            c->head_since = now;
         if (c->st == ST_HEAD) {
-            if ((draining && c->in_len == 0) || now - c->last_active > F.cfg.client_timeout_ms)
+            if ((draining && c->in_len == 0) || now - c->last_active > F.cfg.client_timeout_ms ||
+                (c->head_since != 0 && now - c->head_since > F.cfg.client_timeout_ms))
                 conn_close(c);
         } else if (c->st == ST_BODY) {
             if (now - c->last_active > F.cfg.client_timeout_ms)
@@ -1491,6 +1502,14 @@ int gw_front_start(const struct gw_front_cfg *cfg, char *err, size_t errlen)
 {
     int port;
 
+    struct rlimit nofile;
+
+    /* Every client and upstream connection is a descriptor: allow as many as the hard limit
+     * (1,024 by default is below what a slow-client flood holds open). */
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     memset(&F, 0, sizeof(F));
     F.cfg = *cfg;
     snprintf(F.host, sizeof(F.host), "%s", cfg->host ? cfg->host : "127.0.0.1");
@@ -1516,9 +1535,6 @@ int gw_front_start(const struct gw_front_cfg *cfg, char *err, size_t errlen)
         }
     }
     F.tb = gr_tb_new(100000, F.redis);
-    if (F.cfg.metrics)
-        F.hist = gr_metrics_histogram(F.cfg.metrics, "gateway_request_duration_seconds",
-                                      "Latency of requests through the data plane", NULL, NULL, 0);
     F.w = gr_xcalloc((size_t)F.nw, sizeof(*F.w));
     port = cfg->port;
     for (int i = 0; i < F.nw; i++) {

@@ -92,7 +92,9 @@ for d in sorted(os.listdir(os.path.join(ROOT, "services"))):
 wanted = sorted(set(f"{nn}-{table[nn]['name']}" for nn in gen.ALWAYS) | set(existing))
 print(f"-- services: {' '.join(wanted)}")
 for d in existing:
-    m = re.search(r"\.port\s*=\s*(\d+)", read(os.path.join(ROOT, "services", d, "service.c")))
+    # the service descriptor's field (a line of its own), not other `.port = …` assignments
+    m = re.search(r"^\s*\.port\s*=\s*(\d+),", read(os.path.join(ROOT, "services", d, "service.c")),
+                  re.M)
     nn = d[:2]
     check(f"services/{d}/service.c port matches SERVICES.md",
           m is not None and nn in table and int(m.group(1)) == table[nn]["port"],

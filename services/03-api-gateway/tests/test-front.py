@@ -460,7 +460,9 @@ def main():
         c.close()
 
         st, _, b = one(port, "GET", "/metrics")
-        check(st == 200 and b"gateway_requests_total" in b, "/metrics shows gateway_requests_total")
+        check(st == 200 and b'http_requests_total{method="GET",route="/api/v1/ft-pub",status="200"}'
+              in b, "/metrics counts proxied requests by route prefix (http_requests_total)")
+        check(b'route="self"' not in b, "requests for the gateway's own routes are counted once")
 
         # drain: an in-flight request finishes after SIGTERM, then the process exits 0
         mkroute({"prefix": "/api/v1/ft-slow5", "service": "svc-a", "auth": "public",
