@@ -83,7 +83,7 @@ struct gravity_creds {
     bool bootstrap; /* a secret made for this run: tell the auth service about it */
     char client_id[65];
     char secret[257];
-    /* The port of the discovery service (02) of this run, 0 when none: every service gets
+    /* The port of the discovery service (02) of this run, 0 when none: every service is given
      * DISCOVERY_URL=http://127.0.0.1:<it> unless DISCOVERY_URL is set. */
     int discovery_port;
 };

@@ -5,7 +5,7 @@
  *  2. one transaction applies the results, marks TTL instances without a heartbeat for ttl_s
  *     critical and removes instances critical for longer than deregister_after_s.
  * On PostgreSQL the transaction first takes pg_try_advisory_xact_lock(REG_CHECK_LOCK): the
- * replica that gets it is the leader for this round, the others skip it. Every transition is a
+ * replica that takes it is the leader for this round, the others skip it. Every transition is a
  * conditional UPDATE/DELETE (WHERE status = old), and emits its event only when it changed a
  * row, so a transition is published exactly once.
  */

@@ -7,7 +7,7 @@
  * ends. When the index moved, it reads GET …/services/{name}/instances (passing instances
  * only) for every listed service that a route names, replaces the instance cache and rebuilds
  * the routing table. A route change (gw_registry_refresh) cuts the long poll short and
- * triggers the same read, so a new route gets its instances within about a second. Errors are kept
+ * triggers the same read, so a new route has its instances within about a second. Errors are kept
  * for GET /api/v1/gateway/upstreams and retried with a jittered exponential backoff (250 ms .. 10
  * s); the table keeps its last instances meanwhile.
  *

@@ -271,7 +271,7 @@ void gr_redis_script_init(struct gr_redis_script *s, const char *lua)
 
     s->lua = lua;
     if (EVP_Digest(lua, strlen(lua), md, &len, EVP_sha1(), NULL) != 1 || len != 20) {
-        memset(s->sha1, '0', 40); /* EVALSHA gets NOSCRIPT and the script is loaded */
+        memset(s->sha1, '0', 40); /* EVALSHA answers NOSCRIPT and the script is loaded */
         s->sha1[40] = '\0';
         return;
     }

@@ -5,7 +5,7 @@
  * {service, address, port, check:{kind:"ttl", ttl_s, deregister_after_s:60}} to
  * <discovery_url>/api/v1/registry/instances, retrying with jittered backoff (100 ms doubling
  * to 5 s) until the registry answers, then PUTs a heartbeat every ttl_s/3 and registers again
- * when a heartbeat gets 404 (the registry removed the instance). ttl_s is DISCOVERY_TTL
+ * when a heartbeat is answered 404 (the registry removed the instance). ttl_s is DISCOVERY_TTL
  * (1..3600, default 10). Requests carry the process's service token (gr_svctoken_default),
  * when it has one; the registry requires registry:write.
  *

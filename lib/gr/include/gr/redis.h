@@ -2,7 +2,7 @@
  * gr/redis.h - a small Redis client over hiredis for the Redis implementations of gr's
  * cache / rate limit / lock modules (ARCHITECTURE §3).
  *
- * A struct gr_redis holds the parsed REDIS_URL; every thread that uses it gets its own
+ * A struct gr_redis holds the parsed REDIS_URL; every thread that uses it has its own
  * connection (thread-local, connected on first use, with a 200 ms connect and command
  * timeout). A connection that fails is dropped and made again on the next call; after a
  * failed connect, calls fail at once with GR_EUNAVAIL for GR_REDIS_BACKOFF_MS instead of

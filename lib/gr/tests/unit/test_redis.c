@@ -197,7 +197,7 @@ static void test_ping(void **state)
 
 static void test_evalsha(void **state)
 {
-    /* A script no earlier run loaded (the pid and time are in it): the first call gets
+    /* A script no earlier run loaded (the pid and time are in it): the first call receives
      * NOSCRIPT and loads it. */
     static char lua[200];
     static struct gr_redis_script s, bad, str;
