@@ -52,6 +52,9 @@ struct gr_rl {
  * restarts when it ended, when the clock went back before it, or for another window length;
  * the count stops at limit + 1.
  */
+/* A caller whose clock reading is a little behind the window's start (it read the clock before
+ * another caller's script ran) counts in that window; only a clock a whole window back (the
+ * test clock moved backwards) starts a new one. */
 static const char RL_LUA[] =
     "local k = KEYS[1]\n"
     "local mode = ARGV[1]\n"
@@ -60,7 +63,7 @@ static const char RL_LUA[] =
     "tonumber(ARGV[4])\n"
     "local v = redis.call('HMGET', k, 's', 'w', 'c')\n"
     "local s = tonumber(v[1]); local w = tonumber(v[2]); local c = tonumber(v[3])\n"
-    "if not s or not w or not c or now >= s + w or now < s or w ~= win then\n"
+    "if not s or not w or not c or now >= s + w or now < s - w or w ~= win then\n"
     "  if mode == 'peek' then return {0, 0} end\n"
     "  s = now; w = win; c = 0\n"
     "  redis.call('HMSET', k, 's', s, 'w', w, 'c', 0)\n"
