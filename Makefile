@@ -46,11 +46,18 @@ UNIT_SRC      := $(wildcard lib/gr/tests/unit/test_*.c)
 UNIT_BINS     := $(UNIT_SRC:lib/gr/tests/unit/%.c=$(BUILD)/tests/%) \
                  $(foreach s,$(SERVICES),$(patsubst services/$(s)/tests/unit/%.c,$(BUILD)/tests/$(s)/%,$(wildcard services/$(s)/tests/unit/test_*.c)))
 GRAVITY_SRC   := $(wildcard cmd/gravity/*.c)
+# Swagger UI for the gateway's /docs (npm swagger-ui-dist), installed once per build directory;
+# the gateway reads it from <bindir>/../share/swagger-ui (or GATEWAY_DOCS_DIR).
+SWAGGER_UI_VERSION := 5.35.0
+SWAGGER_UI_DIR     := $(BUILD)/share/swagger-ui
+SWAGGER_UI_FILES   := swagger-ui.css index.css swagger-ui-bundle.js swagger-ui-standalone-preset.js \
+                      oauth2-redirect.html oauth2-redirect.js favicon-16x16.png favicon-32x32.png \
+                      LICENSE NOTICE package.json
 
-.PHONY: all deps run test unit http bench chaos fuzz check clean services tools
+.PHONY: all deps run test unit http bench chaos fuzz check clean services tools docs
 .DEFAULT_GOAL := all
 
-all: $(GR_LIB) $(SERVICE_BINS) $(TOOL_BINS) $(UNIT_BINS) $(BUILD)/bin/gravity
+all: $(GR_LIB) $(SERVICE_BINS) $(TOOL_BINS) $(UNIT_BINS) $(BUILD)/bin/gravity docs
 
 deps:
 	@scripts/deps.sh
@@ -93,6 +100,22 @@ $(BUILD)/bin/gravity: $(GRAVITY_SRC:%.c=$(BUILD)/%.o) $(GR_LIB)
 $(BUILD)/tests/%: $(BUILD)/lib/gr/tests/unit/%.o $(GR_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+
+# Only when missing (package.json is copied last: it marks a complete install). Without npm or
+# the registry the build goes on with a warning and the gateway's /docs answers 503 naming this.
+docs: $(SWAGGER_UI_DIR)/package.json
+$(SWAGGER_UI_DIR)/package.json:
+	@rm -rf $(SWAGGER_UI_DIR).npm && mkdir -p $(SWAGGER_UI_DIR).npm $(SWAGGER_UI_DIR)
+	@if npm install --prefix $(SWAGGER_UI_DIR).npm --no-audit --no-fund --no-save \
+	        --loglevel=error swagger-ui-dist@$(SWAGGER_UI_VERSION) >$(SWAGGER_UI_DIR).log 2>&1; then \
+	    d=$(SWAGGER_UI_DIR).npm/node_modules/swagger-ui-dist; \
+	    for f in $(filter-out package.json,$(SWAGGER_UI_FILES)) package.json; do \
+	        cp $$d/$$f $(SWAGGER_UI_DIR)/ || exit 1; done; \
+	    echo "docs: swagger-ui-dist $(SWAGGER_UI_VERSION) installed in $(SWAGGER_UI_DIR)"; \
+	else \
+	    echo "docs: WARNING: npm install swagger-ui-dist failed (see $(SWAGGER_UI_DIR).log;" \
+	         "make deps installs npm): the gateway's /docs answers 503" >&2; \
+	fi; rm -rf $(SWAGGER_UI_DIR).npm
 
 services: $(SERVICE_BINS)
 tools: $(TOOL_BINS)

@@ -73,6 +73,8 @@ done
 if [ -x "$B/bin/02-service-discovery" ]; then
     run "02-service-discovery registry (sqlite)" "$PY" services/02-service-discovery/tests/test-registry.py "$B"
     run "02-service-discovery registry (pg)" "$PY" services/02-service-discovery/tests/test-registry.py "$B" "$pg_url"
+    run "02-service-discovery parked blocking queries: load, cap, drain (sqlite)" "$PY" services/02-service-discovery/tests/test-blocking.py "$B"
+    run "02-service-discovery parked blocking queries: load, cap, drain, replicas (pg)" "$PY" services/02-service-discovery/tests/test-blocking.py "$B" "$pg_url"
 fi
 
 if [ -x "$B/bin/14-event-bus-service" ]; then
@@ -88,7 +90,39 @@ if [ -x "$B/bin/14-event-bus-service" ]; then
     run "06-user-service events (pg)" "$PY" services/06-user-service/tests/test-events.py "$B" "$pg_url"
     run "06-user-service default-address race (sqlite)" "$PY" services/06-user-service/tests/test-default-race.py "$B"
     run "06-user-service default-address race (pg)" "$PY" services/06-user-service/tests/test-default-race.py "$B" "$pg_url"
+    for engine in sqlite pg; do
+        url=; [ "$engine" = pg ] && url=$pg_url
+        run "18-inventory-service events ($engine)" "$PY" services/18-inventory-service/tests/test-events.py "$B" ${url:+"$url"}
+        run "22-discount-service events ($engine)" "$PY" services/22-discount-service/tests/test-events.py "$B" ${url:+"$url"}
+    done
 fi
+
+# The commerce services (issue 6): races and invariants on both engines.
+for engine in sqlite pg; do
+    url=; [ "$engine" = pg ] && url=$pg_url
+    if [ -x "$B/bin/18-inventory-service" ]; then
+        run "18-inventory-service reservation race, ledger, expiry ($engine)" "$PY" \
+            services/18-inventory-service/tests/test-race.py "$B" ${url:+"$url"}
+    fi
+    if [ -x "$B/bin/22-discount-service" ]; then
+        run "22-discount-service reservation race ($engine)" "$PY" \
+            services/22-discount-service/tests/test-race.py "$B" ${url:+"$url"}
+    fi
+    if [ -x "$B/bin/15-payment-service" ]; then
+        run "15-payment-service against the Stripe double ($engine)" "$PY" \
+            services/15-payment-service/tests/test-stripe.py "$B" ${url:+"$url"}
+    fi
+    if [ -x "$B/bin/16-order-service" ]; then
+        run "16-order-service checkout saga against 15, 17, 18, 21, 22 ($engine)" "$PY" \
+            services/16-order-service/tests/test-saga.py "$B" ${url:+"$url"}
+        run "16-order-service events through 14 ($engine)" "$PY" \
+            services/16-order-service/tests/test-events.py "$B" ${url:+"$url"}
+    fi
+    if [ -x "$B/bin/19-cart-service" ]; then
+        run "19-cart-service end to end with 17, 22 and a 16 double ($engine)" "$PY" \
+            services/19-cart-service/tests/test-cart.py "$B" ${url:+"$url"}
+    fi
+done
 
 if [ -x "$B/bin/05-auth-service" ]; then
     run "05-auth-service reset and verification links (sqlite)" "$PY" \
@@ -130,6 +164,8 @@ if [ -x "$B/bin/04-config-service" ]; then
     run "04-config-service CAS race, long-poll, secrets (sqlite)" "$PY" services/04-config-service/tests/test-config.py "$B"
     run "04-config-service CAS race, long-poll, secrets (pg)" "$PY" services/04-config-service/tests/test-config.py "$B" "$pg_url"
     run "04-config-service hot reload into 17 (LOG_LEVEL)" "$PY" services/04-config-service/tests/test-hot-reload.py "$B"
+    run "04-config-service parked long-polls: load, cap, drain, health (sqlite)" "$PY" services/04-config-service/tests/test-watch.py "$B"
+    run "04-config-service parked long-polls: load, cap, drain, health, replicas (pg)" "$PY" services/04-config-service/tests/test-watch.py "$B" "$pg_url"
 fi
 
 if [ -x "$B/bin/03-api-gateway" ]; then
@@ -138,6 +174,16 @@ if [ -x "$B/bin/03-api-gateway" ]; then
     run "03-api-gateway registry watch (python double)" "$PY" services/03-api-gateway/tests/test-registry-watch.py "$B" --fake
     run "03-api-gateway data plane" "$PY" services/03-api-gateway/tests/test-front.py "$B"
     run "03-api-gateway under 1,000 slow clients (slowhttptest)" "$PY" services/03-api-gateway/tests/test-slowloris.py "$B"
+    run "03-api-gateway rate limits: per IP, user, route, login; shared on Redis" "$PY" \
+        services/03-api-gateway/tests/test-rate.py "$B" --redis-url "$redis_url"
+    if [ -x "$B/bin/02-service-discovery" ] && [ -x "$B/bin/17-product-service" ]; then
+        run "03-api-gateway production mode: 02 + 03 + 2x17 on PostgreSQL, Redis, NATS; kill -9 under load" \
+            "$PY" services/03-api-gateway/tests/test-prod-mode.py "$B" --pg-url "$pg_url"
+    fi
+    run "03-api-gateway /docs: Swagger UI and the merged OpenAPI document" "$PY" services/03-api-gateway/tests/test-docs.py "$B"
+    run "03-api-gateway events, API keys (sqlite)" "$PY" services/03-api-gateway/tests/test-events.py "$B"
+    run "03-api-gateway events, replicas, API keys (pg)" "$PY" services/03-api-gateway/tests/test-events.py "$B" --pg-url "$pg_url"
+    run "03-api-gateway events on NATS (pg)" "$PY" services/03-api-gateway/tests/test-events.py "$B" --pg-url "$pg_url" --nats-url "$nats_url"
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -86,6 +86,10 @@ struct gravity_creds {
     /* The port of the discovery service (02) of this run, 0 when none: every service is given
      * DISCOVERY_URL=http://127.0.0.1:<it> unless DISCOVERY_URL is set. */
     int discovery_port;
+    /* The port of the config service (04) of this run, 0 when none: every other service is
+     * given CONFIG_URL=http://127.0.0.1:<it> (hot reload, gr/confwatch.h) unless CONFIG_URL is
+     * set. Its long-polls park without a thread in 04, so any number of services may watch. */
+    int config_port;
 };
 
 /* ---- env.c -------------------------------------------------------------------------------- */

@@ -348,7 +348,7 @@ char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc 
 
     while (environ[n])
         n++;
-    envp = gr_xcalloc(n + 12, sizeof(*envp));
+    envp = gr_xcalloc(n + 13, sizeof(*envp));
     for (size_t i = 0; i < n; i++) {
         if (replaced(environ[i], creds, auth))
             continue;
@@ -364,6 +364,9 @@ char **gravity_svc_envp(const struct gravity_env *env, const struct gravity_svc 
             gravity_strf("JWKS_URL=http://127.0.0.1:%d/api/v1/auth/jwks", 8001 + env->port_offset);
     if (creds && creds->discovery_port > 0 && !getenv("DISCOVERY_URL"))
         envp[k++] = gravity_strf("DISCOVERY_URL=http://127.0.0.1:%d", creds->discovery_port);
+    /* Not to 04 itself: it would long-poll its own merged view. */
+    if (creds && creds->config_port > 0 && !getenv("CONFIG_URL") && svc->number != 4)
+        envp[k++] = gravity_strf("CONFIG_URL=http://127.0.0.1:%d", creds->config_port);
     if (creds && creds->on) {
         envp[k++] = gravity_strf("SERVICE_CLIENT_ID=%s", creds->client_id);
         envp[k++] = gravity_strf("SERVICE_CLIENT_SECRET=%s", creds->secret);

@@ -623,6 +623,8 @@ int gravity_cmd_up(const struct gravity_env *env, int argc, char **argv)
     for (size_t i = 0; i < s.svcs.n; i++) {
         if (s.svcs.v[i].number == 2)
             s.creds.discovery_port = s.svcs.v[i].port;
+        if (s.svcs.v[i].number == 4)
+            s.creds.config_port = s.svcs.v[i].port;
     }
     s.started_at = time(NULL);
     state = gravity_state_path(env);

@@ -305,7 +305,6 @@ void checker_stop(struct registry *r)
 {
     pthread_mutex_lock(&r->mu);
     r->stop = true;
-    pthread_cond_broadcast(&r->cond);
     pthread_cond_broadcast(&r->tick);
     pthread_mutex_unlock(&r->mu);
     if (r->running)

@@ -88,10 +88,7 @@ void registry_notify(struct registry *r)
 {
     if (r == NULL)
         return;
-    pthread_mutex_lock(&r->mu);
-    r->seen++;
-    pthread_cond_broadcast(&r->cond);
-    pthread_mutex_unlock(&r->mu);
+    gr_waitq_notify(r->changed);
 }
 
 int registry_emit(struct gr_db_conn *db, struct gr_arena *a, const char *type, const char *id,
@@ -448,20 +445,12 @@ static long long parse_wait(const char *s)
     return -1;
 }
 
-static void deadline_ts(struct timespec *ts, int64_t ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 /*
- * Validates index/wait; when both ask for it, blocks until the registry index exceeds index,
- * the wait ends or the service drains. Sets X-Registry-Index to the index the response shows.
+ * Validates index/wait and sets X-Registry-Index to the index the response shows: 0 to answer
+ * now; GR_HTTP_WAIT when the request parks until the index exceeds index (a local write
+ * notifies at once), until the wait ends or the service drains, for a second at a time: then
+ * one parked query a second (not each of them) re-reads the index, for another replica's
+ * writes, and wakes the others when it moved.
  */
 static int block(struct gr_req *req, struct gr_resp *resp)
 {
@@ -469,7 +458,10 @@ static int block(struct gr_req *req, struct gr_resp *resp)
     const char *ws = gr_req_query(req, "wait");
     long long want = 0, wait_ms = 30000;
     bool has_index = false;
-    int64_t idx = 0, end;
+    int64_t idx = 0, end, now;
+    long long last, seen;
+    bool poller = false;
+    uint64_t seq;
     int rc;
 
     if (gr_req_query_int(req, resp, "index", 0, GR_JSON_MAX_INT, &want, &has_index) < 0)
@@ -482,37 +474,25 @@ static int block(struct gr_req *req, struct gr_resp *resp)
     }
     if (resp->errs.n > 0)
         return GR_EVALID;
-    end = gr_time_mono_ms() + wait_ms;
-    for (;;) {
-        uint64_t seen;
-        int64_t left, step;
-        struct timespec ts;
-
-        pthread_mutex_lock(&r->mu);
-        seen = r->seen;
-        pthread_mutex_unlock(&r->mu);
-        rc = registry_index(req->db, req->arena, &idx);
-        if (rc < 0)
-            return rc;
-        left = end - gr_time_mono_ms();
-        if (!has_index || idx > want || left <= 0)
-            break;
-        /* Re-read the index at least once a second: another replica's writes do not signal. */
-        step = left < 1000 ? left : 1000;
-        deadline_ts(&ts, step);
-        pthread_mutex_lock(&r->mu);
-        while (r->seen == seen && !r->stop)
-            if (pthread_cond_timedwait(&r->cond, &r->mu, &ts) != 0)
-                break;
-        bool stop = r->stop;
-        pthread_mutex_unlock(&r->mu);
-        if (stop) {
-            rc = registry_index(req->db, req->arena, &idx);
-            if (rc < 0)
-                return rc;
-            break;
-        }
+    seq = gr_waitq_seq(r->changed); /* before reading the index */
+    end = req->wait.start_ms + wait_ms;
+    now = gr_time_mono_ms();
+    if (has_index && req->wait.reason == GR_WAKE_TIMEOUT && now < end) {
+        last = atomic_load(&r->polled_ms);
+        poller = now - last >= 1000 && atomic_compare_exchange_strong(&r->polled_ms, &last, now);
+        if (!poller && atomic_load(&r->seen_idx) <= want) /* read < 1 s ago, no change */
+            return gr_req_wait(req, resp, r->changed, seq, end - now < 1000 ? end : now + 1000);
     }
+    rc = registry_index(req->db, req->arena, &idx);
+    if (rc < 0)
+        return rc;
+    seen = atomic_load(&r->seen_idx);
+    while (idx > seen && !atomic_compare_exchange_weak(&r->seen_idx, &seen, idx))
+        ;
+    if (poller && idx > seen)
+        gr_waitq_notify(r->changed); /* another replica's write: the others look again */
+    if (has_index && idx <= want && now < end && req->wait.reason != GR_WAKE_DRAIN)
+        return gr_req_wait(req, resp, r->changed, seq, end - now < 1000 ? end : now + 1000);
     set_index_header(req, resp, idx);
     return 0;
 }
@@ -545,8 +525,8 @@ int services_list(struct gr_req *req, struct gr_resp *resp)
     int rc;
 
     rc = block(req, resp);
-    if (rc < 0)
-        return rc;
+    if (rc != 0)
+        return rc; /* GR_HTTP_WAIT: runs again when the wait ends */
     rc = gr_db_query(req->db, req->arena,
                      "SELECT service, status, tags FROM instances ORDER BY service, id", NULL, 0,
                      &rows);
@@ -596,8 +576,8 @@ int services_instances(struct gr_req *req, struct gr_resp *resp)
     if (!service_name_valid(name))
         return GR_ENOTFOUND;
     rc = block(req, resp);
-    if (rc < 0)
-        return rc;
+    if (rc != 0)
+        return rc; /* GR_HTTP_WAIT: runs again when the wait ends */
     rc = gr_db_query(req->db, req->arena,
                      "SELECT " INST_COLS INST_FROM
                      " WHERE i.service = $1 AND i.status = 'passing' ORDER BY i.created_at, i.id",

@@ -4,15 +4,16 @@
  *
  * The registry index is a counter in the database (registry_index), bumped by every write
  * transaction that changes what readers see, so replicas on one PostgreSQL share it. Each
- * process also keeps a condition variable that its own writers broadcast after they commit;
- * blocking readers wait on it (and re-read the index at least once a second, so a change made
- * by another replica is seen too).
+ * process also keeps a wait queue (gr_waitq) that its own writers notify after they commit;
+ * blocking readers park on it without holding an HTTP thread (gr_req_wait) and re-read the
+ * index at least once a second, so a change made by another replica is seen too.
  */
 #ifndef REGISTRY_H
 #define REGISTRY_H
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -37,10 +38,11 @@
 /* The service state (req->app). */
 struct registry {
     struct gr_db *db;
-    pthread_mutex_t mu;  /* guards seen, stop */
-    pthread_cond_t cond; /* blocking readers */
-    pthread_cond_t tick; /* the checker's pause */
-    uint64_t seen;       /* bumped after each local commit that moved the index */
+    struct gr_waitq *changed; /* notified after each local commit that moved the index */
+    atomic_llong seen_idx;    /* highest index a blocking query read from the database */
+    atomic_llong polled_ms;   /* when a parked blocking query last re-read it */
+    pthread_mutex_t mu;       /* guards stop */
+    pthread_cond_t tick;      /* the checker's pause */
     bool stop;
     bool running;
     pthread_t checker;

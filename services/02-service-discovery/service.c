@@ -26,9 +26,10 @@ static int init(struct gr_ctx *ctx, void **app)
 
     r->db = ctx->db;
     pthread_mutex_init(&r->mu, NULL);
-    cond_init_mono(&r->cond);
     cond_init_mono(&r->tick);
-    r->seen = 1;
+    r->changed = gr_waitq_new();
+    atomic_init(&r->seen_idx, 0);
+    atomic_init(&r->polled_ms, 0);
     *app = r;
     return 0;
 }
@@ -43,7 +44,7 @@ static void started(struct gr_ctx *ctx, void *app, int port)
         gr_log_error("registry checker did not start");
 }
 
-/* A drain stops the checker and releases blocked readers so the server can stop at once. */
+/* A drain stops the checker (gr itself answers the parked blocking queries at once). */
 static void draining(struct gr_ctx *ctx, void *app)
 {
     (void)ctx;
@@ -58,7 +59,7 @@ static void fini(struct gr_ctx *ctx, void *app)
     if (r == NULL)
         return;
     checker_stop(r);
-    pthread_cond_destroy(&r->cond);
+    gr_waitq_free(r->changed);
     pthread_cond_destroy(&r->tick);
     pthread_mutex_destroy(&r->mu);
     gr_free(r);

@@ -645,9 +645,12 @@ static void start_attempt(struct conn *c)
     if (c->self) {
         inst = &c->self_inst;
     } else {
+        /* One round-robin draw, then a scan from there: drawing again per candidate lets
+         * other workers' draws in between, so a request could meet the same (open-circuit)
+         * instance every time and never see the healthy one. */
+        unsigned start = r->ninst ? atomic_fetch_add((atomic_uint *)(uintptr_t)&r->rr, 1u) : 0;
         for (size_t k = 0; k < r->ninst; k++) {
-            unsigned i =
-                atomic_fetch_add((atomic_uint *)(uintptr_t)&r->rr, 1u) % (unsigned)r->ninst;
+            size_t i = (start + k) % r->ninst;
             if (c->tried[i])
                 continue;
             if (r->inst[i].breaker && !gw_breaker_allow(r->inst[i].breaker))
@@ -979,17 +982,69 @@ static bool origin_allowed(const char *o, size_t n)
 
 static void body_ready(struct conn *c);
 
+/*
+ * The per-IP rate of a request on route @r (path @path of @len bytes, no query): the
+ * route's "rate" from the table when it has one, else what its rate_policy names:
+ *   "N-per-s", "N-per-min", "N-per-h"  N requests in that period on the whole route (a burst
+ *                                      of N);
+ *   "login"                            5 per minute on {prefix}/login[/] only (SERVICES §03:
+ *                                      login is capped at 5/min per IP); the route's other
+ *                                      paths are not limited by it.
+ * Unknown names limit nothing. per_s 0 = no limit.
+ */
+static struct gw_rate route_rate(const struct gw_route *r, const char *path, size_t len)
+{
+    static const struct gw_rate none = { 0, 0 };
+    struct gw_rate out = r->rate;
+    const char *p = r->rate_policy;
+    char *end = NULL;
+    long n;
+
+    if (out.per_s > 0 || !p[0])
+        return out;
+    if (strcmp(p, "login") == 0) {
+        size_t pl = len;
+        if (pl > r->prefix_len + 6 && path[pl - 1] == '/')
+            pl--; /* "/login/" is the same endpoint to a lenient router */
+        if (pl != r->prefix_len + 6 || memcmp(path, r->prefix, r->prefix_len) != 0 ||
+            memcmp(path + r->prefix_len, "/login", 6) != 0)
+            return none;
+        p = "5-per-min";
+    }
+    if (p[0] < '1' || p[0] > '9')
+        return none;
+    n = strtol(p, &end, 10);
+    if (n < 1 || n > 1000000000L || !end)
+        return none;
+    if (strcmp(end, "-per-s") == 0)
+        out.per_s = (double)n;
+    else if (strcmp(end, "-per-min") == 0)
+        out.per_s = (double)n / 60.0;
+    else if (strcmp(end, "-per-h") == 0)
+        out.per_s = (double)n / 3600.0;
+    else
+        return none;
+    out.burst = (int)n;
+    return out;
+}
+
 static void handle_head(struct conn *c, struct h1_request *rq)
 {
     static const char *const self_prefixes[] = GW_SELF_PREFIXES;
     const char *auth = NULL, *rid = NULL, *tp = NULL, *xff = NULL, *origin = NULL;
     size_t auth_len = 0, rid_len = 0, tp_len = 0, xff_len = 0, origin_len = 0;
     bool acr_method = false, idem_key = false, expect_continue = false;
+    const char *apikey = NULL;
+    size_t apikey_len = 0;
+    char key_owner[GW_NAME_MAX] = "";
     struct tokent *tok = NULL;
     char tpbuf[64];
     int retry = 0;
 
     c->started = gr_time_mono_ms();
+    /* The head is used whatever the answer: a local answer on a kept-alive connection must
+     * not leave it in the input, or it would be parsed (and answered) again and again. */
+    c->consumed = rq->head_len;
     snprintf(c->method, sizeof(c->method), "%.*s", (int)rq->method_len, rq->method);
     c->is_head = strcmp(c->method, "HEAD") == 0;
     c->client_close = !rq->keep_alive;
@@ -1009,6 +1064,8 @@ static void handle_head(struct conn *c, struct h1_request *rq)
             acr_method = true;
         else if (ieq(h->name, h->name_len, "idempotency-key"))
             idem_key = true;
+        else if (ieq(h->name, h->name_len, "x-api-key"))
+            apikey = h->value, apikey_len = h->value_len;
         else if (ieq(h->name, h->name_len, "expect") && ieq(h->value, h->value_len, "100-continue"))
             expect_continue = true;
     }
@@ -1072,25 +1129,32 @@ static void handle_head(struct conn *c, struct h1_request *rq)
             return;
         }
     }
-    /* rate limits */
+    /* rate limits: per client IP on every path, then per IP on the route (its own budget) */
     if (F.cfg.rate_ip.per_s > 0 && F.tb) {
-        char key[IP_MAX + 8];
-        snprintf(key, sizeof(key), "ip:%s", c->ip);
+        char key[IP_MAX + 16];
+        snprintf(key, sizeof(key), "gw|ip|%s", c->ip);
         if (!gr_tb_take(F.tb, key, F.cfg.rate_ip.per_s, F.cfg.rate_ip.burst, &retry)) {
             problem(c, 429, "rate limit exceeded", true, retry);
             return;
         }
     }
-    if (!c->self && c->route->rate.per_s > 0 && F.tb) {
-        char key[IP_MAX + GW_PREFIX_MAX + 8];
-        snprintf(key, sizeof(key), "r:%s:%s", c->route->prefix, c->ip);
-        if (!gr_tb_take(F.tb, key, c->route->rate.per_s, c->route->rate.burst, &retry)) {
-            problem(c, 429, "rate limit exceeded", true, retry);
-            return;
+    if (!c->self && F.tb) {
+        struct gw_rate rr = route_rate(c->route, rq->path, rq->path_len);
+        if (rr.per_s > 0) {
+            char key[IP_MAX + GW_PREFIX_MAX + 16];
+            snprintf(key, sizeof(key), "gw|r|%s|%s", c->route->prefix, c->ip);
+            if (!gr_tb_take(F.tb, key, rr.per_s, rr.burst, &retry)) {
+                problem(c, 429, "rate limit exceeded", true, retry);
+                return;
+            }
         }
     }
     /* edge auth (the control plane checks its own tokens) */
     if (!c->self) {
+        if (apikey && !gw_apikey_lookup(apikey, apikey_len, key_owner, sizeof(key_owner))) {
+            problem(c, 401, "invalid or revoked API key", true, 0);
+            return;
+        }
         if (auth) {
             if (auth_len <= 7 || !iprefix(auth, auth_len, "bearer ") || !F.cfg.auth) {
                 problem(c, 401, "a bearer token is required", true, 0);
@@ -1104,6 +1168,27 @@ static void handle_head(struct conn *c, struct h1_request *rq)
         } else if (c->route->auth == GW_AUTH_JWT) {
             problem(c, 401, "a bearer token is required", true, 0);
             return;
+        }
+    }
+    /* per token subject, across every route; on the gateway's own paths a token the front can
+     * verify counts too (a bad one is the control plane's to refuse) */
+    if (F.cfg.rate_user.per_s > 0 && F.tb) {
+        const struct tokent *ut = tok;
+        if (!ut && c->self && auth && auth_len > 7 && iprefix(auth, auth_len, "bearer ") &&
+            F.cfg.auth) {
+            ut = tok_verify(c->w, auth + 7, auth_len - 7);
+            if (ut && ut->jti && gw_deny_has(ut->jti))
+                ut = NULL;
+        }
+        /* without a token, a valid API key's owner is the caller */
+        const char *who = ut && ut->sub && ut->sub[0] ? ut->sub : key_owner[0] ? key_owner : NULL;
+        if (who) {
+            char key[GR_RL_KEY_MAX];
+            snprintf(key, sizeof(key), "gw|u|%s", who);
+            if (!gr_tb_take(F.tb, key, F.cfg.rate_user.per_s, F.cfg.rate_user.burst, &retry)) {
+                problem(c, 429, "rate limit exceeded", true, retry);
+                return;
+            }
         }
     }
     /* body limits */
@@ -1129,7 +1214,7 @@ static void handle_head(struct conn *c, struct h1_request *rq)
             ieq(h->name, h->name_len, "trailer") || ieq(h->name, h->name_len, "expect") ||
             ieq(h->name, h->name_len, "x-request-id") || ieq(h->name, h->name_len, "traceparent") ||
             ieq(h->name, h->name_len, "x-forwarded-for") ||
-            iprefix(h->name, h->name_len, "x-user-"))
+            ieq(h->name, h->name_len, "x-api-key") || iprefix(h->name, h->name_len, "x-user-"))
             continue;
         out_put(c, h->name, h->name_len);
         out_str(c, ": ");
@@ -1163,6 +1248,10 @@ static void handle_head(struct conn *c, struct h1_request *rq)
             out_str(c, tok->roles);
             out_str(c, "\r\n");
         }
+    } else if (key_owner[0]) {
+        out_str(c, "X-User-Id: ");
+        out_str(c, key_owner);
+        out_str(c, "\r\n");
     }
     /* the body follows; Content-Length is added when it is complete */
     c->cl = rq->content_length;

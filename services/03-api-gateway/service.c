@@ -12,6 +12,7 @@
 
 #include "gateway.h"
 #include "gr/log.h"
+#include "h1.h"
 
 /* The public address the data plane takes; gr's own server moves to an internal port. */
 static const char *pub_host;
@@ -59,10 +60,27 @@ static int gw_init(struct gr_ctx *ctx, void **app)
         gw_svcs_free(a); /* the registry is the source of truth */
         a->source = "registry";
     }
+    {
+        /* Test builds shorten the breaker's open period (SERVICES §03: 30 s). */
+        const char *om = getenv("GATEWAY_BREAKER_OPEN_MS");
+        if (om != NULL && *om) {
+            char *end = NULL;
+            long v = strtol(om, &end, 10);
+            if (end == om || *end != '\0' || v < 1 || v > 3600000) {
+                fprintf(stderr, "%s: GATEWAY_BREAKER_OPEN_MS must be 1..3600000 (milliseconds)\n",
+                        ctx->svc->id);
+                app_free(a);
+                return GR_ECONFIG;
+            }
+            gw_breaker_set_open_ms(v);
+        }
+    }
     if (ctx->db != NULL) {
         rc = gr_db_conn(ctx->db, &c);
         if (rc == 0)
             rc = gw_rebuild(a, c);
+        if (rc == 0)
+            rc = gw_apikeys_reload(c);
         if (rc < 0) {
             gr_log_error("cannot build the routing table", "code", gr_err_name(rc));
             app_free(a);
@@ -71,6 +89,19 @@ static int gw_init(struct gr_ctx *ctx, void **app)
     }
     rc = gw_registry_start(a);
     if (rc < 0) {
+        app_free(a);
+        return rc;
+    }
+    rc = gw_sync_start(a);
+    if (rc < 0) {
+        gw_registry_stop(a);
+        app_free(a);
+        return rc;
+    }
+    rc = gw_docs_start(ctx->svc->version);
+    if (rc < 0) {
+        gw_sync_stop(a);
+        gw_registry_stop(a);
         app_free(a);
         return rc;
     }
@@ -146,10 +177,13 @@ static void gw_fini(struct gr_ctx *ctx, void *app)
     struct gw_app *a = app;
 
     (void)ctx;
+    gw_docs_stop();
     if (front_started)
         gw_front_stop();
     front_started = false;
+    gw_sync_stop(a);
     gw_registry_stop(a);
+    gw_apikeys_clear();
     app_free(a);
 }
 
@@ -163,6 +197,8 @@ static const struct gr_service gw_service = {
     .migrations = gr_svc_migrations,
     .openapi_json = gr_svc_openapi_json,
     .sqlite_sync_full = false,
+    .subs = gw_subs,
+    .nsubs = GW_NSUBS,
     .init = gw_init,
     .fini = gw_fini,
     .started = gw_started,

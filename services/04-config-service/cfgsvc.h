@@ -5,7 +5,7 @@
 #ifndef CFGSVC_H
 #define CFGSVC_H
 
-#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -23,15 +23,16 @@
 #define CFG_MASK        "******"
 #define CFG_NROUTES     6
 
-/* The service state (req->app): the master key and the watch state. */
+/*
+ * The service state (req->app): the master key and the watch state. Long-polls do not hold an
+ * HTTP thread: they park on `changed` (gr_req_wait), so their number is bounded only by
+ * HTTP_MAX_WAITERS (default 4096; beyond it 429 too_many_watches).
+ */
 struct cfg_app {
-    unsigned char key[32]; /* AES-256-GCM master key; never logged */
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* broadcast when index moves or a drain begins (CLOCK_MONOTONIC) */
-    long long index;   /* highest config index known to this process (mu) */
-    int waiters;       /* long-polls in progress (mu) */
-    int max_waiters;   /* beyond: 429, so the HTTP threads never all block */
-    bool draining;     /* (mu) */
+    unsigned char key[32];    /* AES-256-GCM master key; never logged */
+    struct gr_waitq *changed; /* notified when index moves */
+    atomic_llong index;       /* highest config index known to this process */
+    atomic_llong polled_ms;   /* when a long-poll last read the index from the database */
 };
 
 extern const struct gr_route cfg_routes[CFG_NROUTES];
@@ -45,7 +46,7 @@ int cfg_seal(const struct cfg_app *app, struct gr_arena *a, const char *aad, con
 int cfg_open(const struct cfg_app *app, struct gr_arena *a, const char *aad, const char *sealed,
              const char **out);
 
-/* Raises the known index to @idx and wakes the long-polls. */
+/* Raises the known index to @idx and, when it moved, wakes the long-polls. */
 void cfg_notify(struct cfg_app *app, long long idx);
 
 int cfg_merged_get(struct gr_req *req, struct gr_resp *resp);

@@ -128,63 +128,49 @@ static int read_index(struct gr_req *req, long long *idx)
 
 void cfg_notify(struct cfg_app *app, long long idx)
 {
-    pthread_mutex_lock(&app->mu);
-    if (idx > app->index) {
-        app->index = idx;
-        pthread_cond_broadcast(&app->cv);
-    }
-    pthread_mutex_unlock(&app->mu);
-}
+    long long cur = atomic_load(&app->index);
 
-static void abs_after_ms(struct timespec *ts, long long ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += (time_t)(ms / 1000);
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
+    while (idx > cur) {
+        if (atomic_compare_exchange_weak(&app->index, &cur, idx)) {
+            gr_waitq_notify(app->changed);
+            return;
+        }
     }
 }
 
 /*
- * Waits until the config index passes @after, @wait_ms pass or a drain begins. Writes of this
- * process wake it at once (cfg_notify); once a second it also reads the index from the
- * database, for writes made by other instances. GR_ERATE when too many long-polls run.
+ * The long-poll, one run of it: 0 when the config index passed @after, the wait ended or a
+ * drain began (answer now); GR_HTTP_WAIT when the request parks until the index moves (writes
+ * of this process notify at once) or for at most a second: then one long-poll a second (not
+ * each of them) re-reads the index from the database, for writes made by other instances, and
+ * wakes the others when it moved. GR_ERATE (too_many_watches) when too many long-polls are
+ * parked.
  */
-static int wait_index(struct gr_req *req, long long after, long long wait_ms)
+static int wait_index(struct gr_req *req, struct gr_resp *resp, long long after, long long wait_ms)
 {
     struct cfg_app *app = req->app;
-    int64_t end = gr_time_mono_ms() + wait_ms;
-    int rc = 0;
+    uint64_t seq = gr_waitq_seq(app->changed); /* before looking at the index */
+    int64_t end = req->wait.start_ms + wait_ms, now = gr_time_mono_ms();
+    long long last = atomic_load(&app->polled_ms);
+    int rc;
 
-    pthread_mutex_lock(&app->mu);
-    if (app->index <= after && app->waiters >= app->max_waiters) {
-        pthread_mutex_unlock(&app->mu);
-        return GR_ERATE;
+    if (atomic_load(&app->index) > after || req->wait.reason == GR_WAKE_DRAIN || now >= end)
+        return 0;
+    if (req->wait.reason == GR_WAKE_TIMEOUT && now - last >= 1000 &&
+        atomic_compare_exchange_strong(&app->polled_ms, &last, now)) {
+        long long db_idx = 0;
+
+        rc = read_index(req, &db_idx);
+        if (rc < 0)
+            return rc;
+        cfg_notify(app, db_idx); /* another instance's write: wakes every long-poll here */
+        if (db_idx > after)
+            return 0;
     }
-    app->waiters++;
-    while (app->index <= after && !app->draining) {
-        int64_t left = end - gr_time_mono_ms();
-        struct timespec ts;
-
-        if (left <= 0)
-            break;
-        abs_after_ms(&ts, left < 1000 ? left : 1000);
-        if (pthread_cond_timedwait(&app->cv, &app->mu, &ts) == ETIMEDOUT) {
-            long long db_idx = 0;
-
-            pthread_mutex_unlock(&app->mu);
-            rc = read_index(req, &db_idx);
-            pthread_mutex_lock(&app->mu);
-            if (rc < 0)
-                break;
-            if (db_idx > app->index)
-                app->index = db_idx;
-        }
-    }
-    app->waiters--;
-    pthread_mutex_unlock(&app->mu);
+    rc = gr_req_wait(req, resp, app->changed, seq, end - now < 1000 ? end : now + 1000);
+    if (rc == GR_ERATE)
+        return gr_resp_problem(req, resp, GR_ERATE, "too_many_watches",
+                               "too many long-polls in progress; retry");
     return rc;
 }
 
@@ -243,14 +229,9 @@ int cfg_merged_get(struct gr_req *req, struct gr_resp *resp)
         return GR_EVALID;
     (void)iq;
     if (has_index && wait_ms > 0) {
-        rc = wait_index(req, after, wait_ms);
-        if (rc == GR_ERATE) {
-            gr_resp_header(req, resp, "Retry-After", "1");
-            return gr_resp_problem(req, resp, GR_ERATE, "too_many_watches",
-                                   "too many long-polls in progress; retry");
-        }
-        if (rc < 0)
-            return rc;
+        rc = wait_index(req, resp, after, wait_ms);
+        if (rc != 0)
+            return rc; /* GR_HTTP_WAIT: this handler runs again when the wait ends */
     }
     /* The index first: the entries read after it are at least as new, so a client that
      * polls again with it never misses a change. */

@@ -3,7 +3,7 @@
  * configuration and AES-256-GCM sealed secrets per service and environment, a merged view
  * with long-poll watch, history and rollback. Everything shared is gr_main's; the init hook
  * loads the master key (CONFIG_MASTER_KEY, else a 0600 key file in DATA_DIR) and the current
- * config index; the draining hook wakes the long-polls so a drain never waits for them.
+ * config index. Long-polls park without a thread (gr_req_wait); a drain answers them at once.
  */
 #include <stdio.h>
 #include <time.h>
@@ -17,7 +17,6 @@ static struct cfg_app the_app;
 static int init(struct gr_ctx *ctx, void **out)
 {
     struct cfg_app *app = &the_app;
-    pthread_condattr_t ca;
     struct gr_arena a;
     struct gr_db_conn *c;
     struct gr_db_rows *rows = NULL;
@@ -36,33 +35,14 @@ static int init(struct gr_ctx *ctx, void **out)
         return rc;
     gr_arena_init(&a);
     rc = gr_db_query(c, &a, "SELECT value FROM config_index WHERE id = 1", NULL, 0, &rows);
-    app->index = rc == 0 ? gr_db_int(rows, 0, 0) : 0;
+    atomic_init(&app->index, rc == 0 ? gr_db_int(rows, 0, 0) : 0);
     gr_arena_release(&a);
     if (rc < 0)
         return rc;
-    pthread_mutex_init(&app->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&app->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    app->max_waiters = ctx->cfg.http_threads / 2 > 0 ? ctx->cfg.http_threads / 2 : 1;
-    app->waiters = 0;
-    app->draining = false;
+    app->changed = gr_waitq_new();
+    atomic_init(&app->polled_ms, 0);
     *out = app;
     return 0;
-}
-
-static void draining(struct gr_ctx *ctx, void *p)
-{
-    struct cfg_app *app = p;
-
-    (void)ctx;
-    if (!app)
-        return;
-    pthread_mutex_lock(&app->mu);
-    app->draining = true;
-    pthread_cond_broadcast(&app->cv);
-    pthread_mutex_unlock(&app->mu);
 }
 
 static void fini(struct gr_ctx *ctx, void *p)
@@ -72,8 +52,8 @@ static void fini(struct gr_ctx *ctx, void *p)
     (void)ctx;
     if (!app)
         return;
-    pthread_cond_destroy(&app->cv);
-    pthread_mutex_destroy(&app->mu);
+    gr_waitq_free(app->changed);
+    app->changed = NULL;
 }
 
 static const struct gr_service config_service = {
@@ -89,7 +69,6 @@ static const struct gr_service config_service = {
     .sqlite_sync_full = true,
     .init = init,
     .fini = fini,
-    .draining = draining,
 };
 
 int main(int argc, char **argv)

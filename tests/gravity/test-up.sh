@@ -311,16 +311,18 @@ check "the service run by gravity run exits 0 on SIGTERM" test $? -eq 0
 # ---- up with the real services: service tokens from auth, no SERVICE_TOKEN ---------------
 # gravity gives every service SERVICE_CLIENT_ID/SERVICE_CLIENT_SECRET (and the auth service
 # the same pair as its bootstrap client); gr trades them for a token at AUTH_URL, which the
-# event bus accepts. Proof: product-service consumes from and publishes to the bus.
+# event bus accepts. Proof: product-service consumes from and publishes to the bus. With the
+# config service (04) in the set, every other service gets CONFIG_URL and watches it.
 SB=$(cd "$(dirname "$GRAVITY")" && pwd)
-REAL=(05-auth-service 14-event-bus-service 17-product-service)
-if [ -x "$SB/05-auth-service" ] && [ -x "$SB/14-event-bus-service" ] && [ -x "$SB/17-product-service" ]; then
+REAL=(04-config-service 05-auth-service 14-event-bus-service 17-product-service)
+if [ -x "$SB/04-config-service" ] && [ -x "$SB/05-auth-service" ] && [ -x "$SB/14-event-bus-service" ] && [ -x "$SB/17-product-service" ]; then
     RBIN=$T/rbin
     RDATA=$T/rdata
     STATE=$RDATA/gravity.state
     mkdir -p "$RBIN"
     for s in "${REAL[@]}"; do ln -s "$SB/$s" "$RBIN/$s"; done
-    ROFF=$(free_offset 1 7 19)
+    ROFF=$(free_offset 1 7 19 762)
+    RC=$((8762 + ROFF))
     RA=$((8001 + ROFF))
     RB=$((8019 + ROFF))
     RP=$((8007 + ROFF))
@@ -328,7 +330,7 @@ if [ -x "$SB/05-auth-service" ] && [ -x "$SB/14-event-bus-service" ] && [ -x "$S
     ADMIN_PW=root-password-1
     env -u SERVICE_TOKEN -u SERVICE_CLIENT_ID -u SERVICE_CLIENT_SECRET -u AUTH_URL -u JWKS_URL \
         -u EVENT_BUS_URL -u EVENT_BUS -u DATABASE_URL -u AUTH_BOOTSTRAP_CLIENT_ID \
-        -u AUTH_BOOTSTRAP_CLIENT_SECRET GRAVITY_BIN_DIR="$RBIN" GRAVITY_DATA="$RDATA" \
+        -u AUTH_BOOTSTRAP_CLIENT_SECRET -u CONFIG_URL -u CONFIG_MASTER_KEY GRAVITY_BIN_DIR="$RBIN" GRAVITY_DATA="$RDATA" \
         GRAVITY_PORT_OFFSET="$ROFF" AUTH_BOOTSTRAP_ADMIN_EMAIL=$ADMIN \
         AUTH_BOOTSTRAP_ADMIN_PASSWORD=$ADMIN_PW "$GRAVITY" up >"$T/real.out" 2>"$T/real.err" &
     G=$!
@@ -347,6 +349,20 @@ if [ -x "$SB/05-auth-service" ] && [ -x "$SB/14-event-bus-service" ] && [ -x "$S
     check "product-service got AUTH_URL with the port offset" \
         test "$(proc_env "$PP" AUTH_URL)" = "http://127.0.0.1:$RA"
     check "product-service has no SERVICE_TOKEN" test -z "$(proc_env "$PP" SERVICE_TOKEN)"
+    check "product-service got CONFIG_URL pointing at the config service" \
+        test "$(proc_env "$PP" CONFIG_URL)" = "http://127.0.0.1:$RC"
+    check "auth got CONFIG_URL too" test "$(proc_env "$PAU" CONFIG_URL)" = "http://127.0.0.1:$RC"
+    check "the config service does not watch itself" \
+        test -z "$(proc_env "$(svc_pid 04-config-service)" CONFIG_URL)"
+    check "product-service started its config watch" \
+        wait_until 10 file_has "$RDATA/logs/17-product-service.log" "config watch started"
+    # watching PORT N: at least N requests in flight at PORT besides this one (parked polls).
+    watching() {
+        curl -s --noproxy '*' -m 2 "http://127.0.0.1:$1/metrics" |
+            awk -v n="$2" '$1 == "http_requests_in_flight" { ok = ($2 - 1 >= n) } END { exit !ok }'
+    }
+    check "05, 14 and 17 long-poll the config service at once (parked, no thread each)" \
+        wait_until 60 watching "$RC" 3
     check "auth got the same pair as its bootstrap client" \
         test "$(proc_env "$PAU" AUTH_BOOTSTRAP_CLIENT_ID)" = gravity-platform \
         -a "$(proc_env "$PAU" AUTH_BOOTSTRAP_CLIENT_SECRET)" = "$SECRET"

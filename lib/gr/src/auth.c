@@ -748,6 +748,16 @@ bool gr_auth_ready(struct gr_auth *au)
     return ks != NULL;
 }
 
+void gr_auth_refetch(struct gr_auth *au)
+{
+    if (!au)
+        return;
+    pthread_mutex_lock(&au->mu);
+    au->tried = false; /* lifts the refetch interval for the next fetch */
+    pthread_mutex_unlock(&au->mu);
+    keys_refresh(au);
+}
+
 unsigned gr_auth_fetch_count(struct gr_auth *au)
 {
     unsigned n;

@@ -28,6 +28,7 @@
 #include "gr/time.h"
 #include "http_int.h"
 #include "idem_int.h"
+#include "wait_int.h"
 
 /*
  * libmicrohttpd keeps the request line and headers in a per-connection pool (mmap'd, so
@@ -66,6 +67,13 @@ struct rstate {
     struct gr_db_waiter waiter;
     bool deferred;
     atomic_int commit_rc;
+    /* A handler that waits (gr_req_wait): the wait it asked for, then the parked waiter. */
+    struct gr_waitq *wait_q;
+    uint64_t wait_seq;
+    int64_t wait_deadline_ms;
+    bool wait_reserved; /* a place is taken for wait_q */
+    bool waiting;       /* suspended in a wait; the handler runs again when resumed */
+    struct gr_waiter parked;
 };
 
 /* ---- request accessors --------------------------------------------------------------------- */
@@ -280,12 +288,17 @@ static json_t *problem_body(struct rstate *st, int code)
     json_t *p = json_object(), *errs = json_array();
     char type[128];
 
+    /* A 500 never says more than its name (it may come from anywhere); 4xx and the
+     * unavailable family (502-504: a dependency down, a drain, a circuit open) keep what the
+     * handler wrote, so a client can tell circuit_open from draining. */
+    bool told = status < 500 || status >= 502;
+
     snprintf(type, sizeof(type), "urn:gravity:problem:%s",
-             resp->type && status < 500 ? resp->type : gr_err_name(code));
+             resp->type && told ? resp->type : gr_err_name(code));
     json_object_set_new(p, "type", json_string(type));
     json_object_set_new(p, "title", json_string(gr_strerror(code)));
     json_object_set_new(p, "status", json_integer(status));
-    if (resp->detail && status < 500)
+    if (resp->detail && told)
         json_object_set_new(p, "detail", json_string(resp->detail));
     json_object_set_new(p, "instance", json_string(st->req.path ? st->req.path : "/"));
     if (st->req.request_id)
@@ -665,6 +678,91 @@ static void commit_done(void *arg, int rc)
     MHD_resume_connection(st->req.conn);
 }
 
+/* ---- waits (gr_req_wait) ------------------------------------------------------------------ */
+
+static struct rstate *rstate_of(struct gr_req *req)
+{
+    return (struct rstate *)(void *)((char *)req - offsetof(struct rstate, req));
+}
+
+int gr_req_wait(struct gr_req *req, struct gr_resp *resp, struct gr_waitq *q, uint64_t seq,
+                int64_t deadline_ms)
+{
+    struct rstate *st;
+    int rc;
+
+    if (!req->conn || !q || (req->route && (req->route->flags & GR_R_TX)) ||
+        (req->db && gr_db_in_tx(req->db))) {
+        gr_log_error("gr_req_wait outside a plain request, on a GR_R_TX route or in a transaction");
+        return GR_EINTERNAL;
+    }
+    st = rstate_of(req);
+    if (st->wait_reserved)
+        GR_BUG("gr_req_wait called twice in one run");
+    rc = req->wait.reason == GR_WAKE_DRAIN ? GR_EUNAVAIL : gr_wait__reserve();
+    if (rc < 0) {
+        gr_resp_header(req, resp, "Retry-After", "1");
+        if (rc == GR_ERATE)
+            return gr_resp_problem(req, resp, GR_ERATE, "too_many_waiters",
+                                   "too many requests are waiting; retry");
+        /* Answered, not parked: a client that polls again goes to another instance. */
+        return gr_resp_problem(req, resp, GR_EUNAVAIL, NULL, "the service is draining");
+    }
+    st->wait_reserved = true;
+    st->wait_q = q;
+    st->wait_seq = seq;
+    st->wait_deadline_ms = deadline_ms;
+    return GR_HTTP_WAIT;
+}
+
+/* gr_waiter.suspend, under the wait lock: free the thread until the wait ends. */
+static void wait_suspend(void *arg)
+{
+    struct rstate *st = arg;
+
+    st->waiting = true;
+    MHD_suspend_connection(st->req.conn);
+}
+
+/* gr_waiter.wake, from the notifier, the timer thread or the drain: run the handler again. */
+static void wait_wake(void *arg)
+{
+    struct rstate *st = arg;
+
+    MHD_resume_connection(st->req.conn);
+}
+
+/*
+ * The handler returned GR_HTTP_WAIT: park the request. GR_HTTP_WAIT when it is suspended; 0
+ * when the wait ended at once (run the handler again now); a code when it cannot wait.
+ */
+static int wait_begin(struct rstate *st, int rc)
+{
+    if (!st->wait_reserved) {
+        gr_log_error("a handler returned GR_HTTP_WAIT without gr_req_wait");
+        return GR_EINTERNAL;
+    }
+    st->wait_reserved = false; /* gr_wait__arm takes the place over, or gives it back */
+    st->parked = (struct gr_waiter){ .suspend = wait_suspend, .wake = wait_wake, .arg = st };
+    if (gr_wait__arm(&st->parked, st->wait_q, st->wait_seq, st->wait_deadline_ms))
+        return rc;
+    return 0;
+}
+
+/* Before the handler runs again after a wait: a clean response and this thread's DB. */
+static int wait_rerun(struct gr_server *srv, struct rstate *st)
+{
+    struct gr_req *req = &st->req;
+
+    req->wait.runs++;
+    req->wait.reason = (enum gr_wake)atomic_load(&st->parked.reason);
+    reset_response(&st->resp);
+    req->db = NULL;
+    if (srv->ctx->db && !(req->route->flags & GR_R_INTERNAL))
+        return gr_db_conn(srv->ctx->db, &req->db);
+    return 0;
+}
+
 /*
  * The handler, inside a transaction on GR_R_TX routes (committed only on success). With @w,
  * the commit may be deferred: GR_DB_DEFERRED, and the answer comes through @w.
@@ -692,6 +790,8 @@ static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem 
     }
     return rc;
 }
+
+static int dispatch(struct gr_server *srv, struct rstate *st);
 
 /* Body is in: query, JSON, DB, transaction, handler. */
 static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *conn)
@@ -725,11 +825,37 @@ static int run(struct gr_server *srv, struct rstate *st, struct MHD_Connection *
     rc = gr_idem__begin(req, &st->resp, ik);
     if (rc != 0)
         return rc > 0 ? 0 : rc; /* 1: a stored response is replayed */
+    req->wait.start_ms = gr_time_mono_ms();
+    return dispatch(srv, st);
+}
+
+/* The handler (again after a wait), with retries on GR_EBUSY; then the idempotency record. */
+static int dispatch(struct gr_server *srv, struct rstate *st)
+{
+    struct gr_req *req = &st->req;
+    struct gr_idem *ik = &st->ik;
+    int rc;
+
     for (int attempt = 1;; attempt++) {
         st->waiter = (struct gr_db_waiter){ .arm = commit_arm, .done = commit_done, .arg = st };
         rc = run_handler(req, &st->resp, ik, &st->waiter);
         if (rc == GR_DB_DEFERRED)
             return rc; /* answered by finish_deferred */
+        if (rc == GR_HTTP_WAIT) {
+            rc = wait_begin(st, rc);
+            if (rc == GR_HTTP_WAIT)
+                return rc; /* suspended; on_request runs the handler again when woken */
+            if (rc == 0)
+                rc = wait_rerun(srv, st);
+            if (rc < 0)
+                break;
+            attempt = 0;
+            continue; /* the wait ended at once */
+        }
+        if (st->wait_reserved) { /* gr_req_wait, then not GR_HTTP_WAIT */
+            st->wait_reserved = false;
+            gr_wait__unreserve();
+        }
         if (rc != GR_EBUSY || attempt == BUSY_ATTEMPTS)
             break;
         /*
@@ -807,11 +933,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     if (st->deferred)
         return reply(srv, st, conn, finish_deferred(st));
+    if (st->waiting) { /* resumed after a wait */
+        st->waiting = false;
+        rc = wait_rerun(srv, st);
+        if (rc == 0)
+            rc = dispatch(srv, st);
+        if (rc == GR_HTTP_WAIT)
+            return MHD_YES;
+        return reply(srv, st, conn, rc);
+    }
     if (st->early_rc < 0)
         return reply(srv, st, conn, st->early_rc);
     rc = run(srv, st, conn);
-    if (rc == GR_DB_DEFERRED)
-        return MHD_YES; /* suspended by commit_arm */
+    if (rc == GR_DB_DEFERRED || rc == GR_HTTP_WAIT)
+        return MHD_YES; /* suspended by commit_arm or wait_suspend */
     return reply(srv, st, conn, rc);
 }
 
@@ -828,6 +963,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!st)
         return;
     *con_cls = NULL;
+    if (st->waiting)
+        gr_wait__cancel(&st->parked); /* only when the server stops with the request parked */
+    if (st->wait_reserved)
+        gr_wait__unreserve();
     status = st->responded ? st->status : 499; /* client went away before we answered */
     secs = (double)(gr_time_mono_ns() - st->start_ns) / 1e9;
     rm = &srv->rm[st->rm_index];
@@ -931,7 +1070,19 @@ int gr_http__start(struct gr_server *srv)
     const struct gr_config *cfg = &srv->ctx->cfg;
     struct sockaddr_in sa;
     const union MHD_DaemonInfo *info;
+    const char *mw = getenv("HTTP_MAX_WAITERS");
+    long max_waiters = 4096;
 
+    if (mw && *mw) {
+        char *end;
+
+        max_waiters = strtol(mw, &end, 10);
+        if (*end || max_waiters < 1 || max_waiters > 65536) {
+            fprintf(stderr, "%s: HTTP_MAX_WAITERS: must be an integer in 1..65536\n",
+                    srv->ctx->svc->id);
+            return GR_ECONFIG;
+        }
+    }
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)cfg->port);
@@ -939,16 +1090,20 @@ int gr_http__start(struct gr_server *srv)
         gr_log_error("HOST is not an IPv4 address", "host", cfg->host);
         return GR_ECONFIG;
     }
+    if (gr_wait__start((size_t)max_waiters) < 0)
+        return GR_EINTERNAL;
     srv->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
             MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME,
         (uint16_t)cfg->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &sa,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)cfg->http_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)POOL_LIMIT,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_UNESCAPE_CALLBACK, no_unescape,
-        NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(4096 + max_waiters), MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        (unsigned)1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_END);
     if (!srv->daemon) {
+        gr_wait__stop();
         gr_log_error("cannot listen", "host", cfg->host);
         return GR_EIO;
     }
@@ -988,6 +1143,7 @@ void gr_http__drain(struct gr_server *srv, int timeout_ms)
         return;
     atomic_store(&srv->draining, true);
     atomic_store(&srv->ready, false);
+    gr_wait__drain(); /* parked requests answer now (GR_WAKE_DRAIN), new waits end at once */
     for (;;) {
         unsigned seen;
         struct timespec until = abs_after_ms((int)(deadline_ms - gr_time_mono_ms()));
@@ -1008,10 +1164,12 @@ void gr_http__drain(struct gr_server *srv, int timeout_ms)
         gr_log_warn("drain deadline passed with requests in flight");
     MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
+    gr_wait__stop();
 }
 
 void gr_http__release(struct gr_server *srv)
 {
+    gr_wait__stop();
     gr_free(srv->rm);
     srv->rm = NULL;
     pthread_mutex_destroy(&srv->idle_mu);

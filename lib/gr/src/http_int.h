@@ -32,6 +32,7 @@ struct gr_server {
     struct gr_server_route *rm; /* one per route, plus one for unmatched requests */
     size_t nrm;
     struct gr_gauge *inflight_gauge;
+    struct gr_gauge *waiting_gauge; /* requests parked in gr_req_wait (part of inflight) */
 };
 
 /** Starts listening on cfg host/port with the pool; fills srv->port. */

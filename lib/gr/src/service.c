@@ -17,6 +17,7 @@
 #include "gr/confwatch.h"
 #include "gr/db.h"
 #include "gr/discovery.h"
+#include "gr/health.h"
 #include "gr/json.h"
 #include "gr/log.h"
 #include "gr/metrics.h"
@@ -24,6 +25,7 @@
 #include "gr/time.h"
 #include "http_int.h"
 #include "idem_int.h"
+#include "wait_int.h"
 
 /* The one server of this process: platform handlers reach it through req->ctx. */
 struct platform {
@@ -84,6 +86,7 @@ static int h_health_detailed(struct gr_req *req, struct gr_resp *resp)
     json_object_set_new(checks, "jwks", json_pack("{s:s}", "status", jwks ? "up" : "down"));
     if (p->bus)
         json_object_set_new(checks, "bus", gr_bus__health(p->bus, &ok));
+    gr_health__run(&p->ctx, checks, &ok); /* redis (REDIS_URL) and the service's own */
     if (!jwks)
         ok = false;
     o = json_pack("{s:s, s:s, s:s, s:o}", "status", ok ? "healthy" : "degraded", "service",
@@ -115,6 +118,7 @@ static int h_metrics(struct gr_req *req, struct gr_resp *resp)
 
     gr_buf_init(&b, (size_t)16 << 20);
     gr_gauge_set(p->srv.inflight_gauge, (double)atomic_load(&p->srv.inflight));
+    gr_gauge_set(p->srv.waiting_gauge, (double)gr_wait__count());
     rc = gr_metrics_render(p->ctx.metrics, &b);
     if (rc < 0) {
         gr_buf_release(&b);
@@ -155,7 +159,7 @@ static void usage(const struct gr_service *svc)
         "usage: %s [--describe | --routes | --openapi | --version | --help]\n"
         "Configuration comes from the environment (see README.md): PORT, HOST, DATA_DIR,\n"
         "DATABASE_URL, JWKS_URL, JWT_ISSUER, JWT_AUDIENCE, LOG_LEVEL, LOG_FORMAT, HTTP_THREADS,\n"
-        "HTTP_MAX_BODY, HTTP_TIMEOUT, DRAIN_TIMEOUT, CURSOR_SECRET.\n",
+        "HTTP_MAX_BODY, HTTP_TIMEOUT, HTTP_MAX_WAITERS, DRAIN_TIMEOUT, CURSOR_SECRET.\n",
         svc->id, svc->version, svc->port, svc->id);
 }
 
@@ -240,6 +244,7 @@ static void release(struct platform *p)
     p->bus = NULL;
     if (p->ctx.svc->fini && p->ctx.app)
         p->ctx.svc->fini(&p->ctx, p->ctx.app);
+    gr_health__release(&p->ctx);
     gr_router_free(p->srv.router);
     gr_http__release(&p->srv);
     if (p->ctx.db)
@@ -326,6 +331,9 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
         release(p);
         return rc == GR_ECONFIG ? 2 : 1;
     }
+    if (p->ctx.cfg.redis_url &&
+        gr_health__add_redis(&p->ctx, p->ctx.cfg.redis_url, err, sizeof(err)) < 0)
+        gr_log_warn("no redis check in /health/detailed", "error", err);
     /* Load the keys now when they are reachable; otherwise the first token loads them. */
     (void)gr_auth_ready(p->ctx.auth);
     if (svc->init) {
@@ -362,10 +370,13 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     gr_http__init_metrics(&p->srv);
     p->srv.inflight_gauge =
         gr_metrics_gauge(p->ctx.metrics, "http_requests_in_flight", "Requests being served", NULL);
+    p->srv.waiting_gauge =
+        gr_metrics_gauge(p->ctx.metrics, "http_requests_waiting",
+                         "Requests parked without a thread until a change (long-polls)", NULL);
     rc = gr_http__start(&p->srv);
     if (rc < 0) {
         release(p);
-        return 1;
+        return rc == GR_ECONFIG ? 2 : 1; /* HOST or HTTP_MAX_WAITERS */
     }
     atomic_store(&p->srv.ready, true);
     {

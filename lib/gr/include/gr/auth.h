@@ -101,6 +101,14 @@ GR_MUST_CHECK int gr_auth_verify(struct gr_auth *au, struct gr_arena *a, const c
 /** True once keys were loaded at least once; tries a (rate-limited) load if not. */
 bool gr_auth_ready(struct gr_auth *au);
 
+/**
+ * Fetches the JWKS again now (blocking up to GR_AUTH_FETCH_MS), whatever the once-per-
+ * GR_AUTH_REFETCH_S limit says: for a verifier told that the keys rotated (auth.keys.rotated),
+ * so a token signed by the new key is accepted at once. A no-op for a static key set.
+ * Thread-safe.
+ */
+void gr_auth_refetch(struct gr_auth *au);
+
 /** Number of JWKS fetch attempts so far (for tests and metrics). */
 unsigned gr_auth_fetch_count(struct gr_auth *au);
 

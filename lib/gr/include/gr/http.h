@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "gr/arena.h"
 #include "gr/buf.h"
@@ -31,6 +32,22 @@ struct gr_kv {
     const char *value; /* arena, percent-decoded */
 };
 
+/* Why a handler runs again after gr_req_wait (req->wait.reason). */
+enum gr_wake {
+    GR_WAKE_NONE = 0, /* the first run */
+    GR_WAKE_NOTIFY,   /* the queue was notified (gr_waitq_notify) */
+    GR_WAKE_TIMEOUT,  /* the deadline passed */
+    GR_WAKE_DRAIN,    /* the service drains: answer now with what there is */
+};
+
+/* A handler's runs across gr_req_wait (see below). */
+struct gr_req_wait {
+    int runs;            /* 0 on the first run, then one more per ended wait */
+    enum gr_wake reason; /* why this run */
+    int64_t start_ms;    /* gr_time_mono_ms() when the handler first ran */
+    void *state;         /* the handler's own, kept across runs (allocate it in req->arena) */
+};
+
 struct gr_req {
     struct gr_arena *arena;
     struct gr_ctx *ctx; /* the running service (gr/service.h) */
@@ -48,6 +65,7 @@ struct gr_req {
     const struct gr_principal *principal; /* verified bearer token, NULL when anonymous */
     struct gr_db_conn *db;                /* this thread's DB connection (NULL if no DB) */
     void *conn;                           /* internal: the libmicrohttpd connection */
+    struct gr_req_wait wait;              /* runs of a handler that waits (gr_req_wait) */
 };
 
 struct gr_hdr {
@@ -114,5 +132,51 @@ int gr_resp_problem(struct gr_req *req, struct gr_resp *resp, int code, const ch
 /** Adds a field error (JSON Pointer or "query.x") to the response's problem. */
 void gr_resp_field_error(struct gr_req *req, struct gr_resp *resp, const char *field,
                          const char *fmt, ...) GR_PRINTF(4, 5);
+
+/*
+ * ---- waiting without a thread ---------------------------------------------------------------
+ *
+ * A handler that must wait for a change (a long-poll, a blocking query) does not block its
+ * thread: it arms a wait and returns, its connection is suspended, and when the wait ends the
+ * handler runs again, on a clean response and with req->wait telling why, to answer or to wait
+ * again. The request's arena, query and principal are kept; req->db is the new thread's.
+ *
+ *   int h(struct gr_req *req, struct gr_resp *resp) {
+ *       uint64_t seq = gr_waitq_seq(app->changed);  // before looking at the state
+ *       if (changed_since(app, after) || req->wait.reason == GR_WAKE_DRAIN ||
+ *           req->wait.reason == GR_WAKE_TIMEOUT)
+ *           return answer(req, resp);
+ *       return gr_req_wait(req, resp, app->changed, seq, req->wait.start_ms + wait_ms);
+ *   }
+ *
+ * A writer changes the state, then calls gr_waitq_notify(). Reading the sequence number
+ * before the state closes the race: a notify in between ends the wait at once. Waits are for
+ * routes without GR_R_TX and outside a transaction. At most HTTP_MAX_WAITERS (default 4096)
+ * requests wait at a time; a drain ends every wait (GR_WAKE_DRAIN) so it never waits for them.
+ */
+struct gr_waitq;
+
+/** gr_req_wait's answer, for the handler to return: the request waits. */
+#define GR_HTTP_WAIT 2
+
+/** A new queue; free it with gr_waitq_free after the server stopped (the service's fini). */
+struct gr_waitq *gr_waitq_new(void);
+void gr_waitq_free(struct gr_waitq *q);
+/** The queue's sequence number: moves on every gr_waitq_notify. */
+uint64_t gr_waitq_seq(struct gr_waitq *q);
+/** Ends every wait on @q (its handlers run again, GR_WAKE_NOTIFY). Any thread; never blocks
+ *  on a request. */
+void gr_waitq_notify(struct gr_waitq *q);
+/**
+ * Arms a wait on @q until @deadline_ms (gr_time_mono_ms()); @seq is what gr_waitq_seq gave
+ * before the handler looked at its state. Returns GR_HTTP_WAIT, which the handler returns.
+ * When HTTP_MAX_WAITERS requests already wait: GR_ERATE with a "too_many_waiters" problem and
+ * Retry-After: 1 (the handler may return gr_resp_problem(..., GR_ERATE, its own slug, ...)).
+ * While the service drains: GR_EUNAVAIL (503, Retry-After: 1) — a handler woken by the drain
+ * (GR_WAKE_DRAIN) answers with what it has instead. On a GR_R_TX route or inside a
+ * transaction: GR_EINTERNAL.
+ */
+GR_MUST_CHECK int gr_req_wait(struct gr_req *req, struct gr_resp *resp, struct gr_waitq *q,
+                              uint64_t seq, int64_t deadline_ms);
 
 #endif

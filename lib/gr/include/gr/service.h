@@ -60,6 +60,8 @@ struct gr_ctx {
      * gateway's data plane listens in front of it): set by the `started` hook; 0 = the
      * server's port. Registered with discovery and written to GR_PORT_FILE. */
     int public_port;
+    /* The dependencies added with gr_health_add (gr/health.h); gr's. */
+    struct gr_health *health;
 };
 
 /* Embedded by scripts/embed.py from the service's migrations/ and openapi.json. */

@@ -635,16 +635,16 @@ class Suite:
                              ("no id_token", {"token_body": json.dumps(
                                  {"access_token": "abc", "token_type": "Bearer"})}),
                              ("JWKS 500", {"jwks_status": 500})):
-            self.refused("google", self.google, 503, "unavailable", claims=good,
+            self.refused("google", self.google, 503, "oauth_provider_unavailable", claims=good,
                          faults=faults, what=what)
         # A provider that hangs costs AUTH_OAUTH_TIMEOUT_MS, not the client's patience.
         t0 = time.monotonic()
-        self.refused("google", self.google, 503, "unavailable", claims=good,
+        self.refused("google", self.google, 503, "oauth_provider_unavailable", claims=good,
                      faults={"token_delay_ms": TIMEOUT_MS + 2000}, what="slow token endpoint")
         took = time.monotonic() - t0
         check(took < TIMEOUT_MS / 1000 + 1.5, "the slow provider held the request %.1f s" % took)
         # invalid_client is our misconfiguration, not the user's fault.
-        self.refused("google", self.google, 503, "unavailable", claims=good,
+        self.refused("google", self.google, 503, "oauth_provider_unavailable", claims=good,
                      faults={"token_status": 401, "token_body": json.dumps(
                          {"error": "invalid_client"})}, what="invalid_client")
 
@@ -674,7 +674,7 @@ class Suite:
                "emails": [{"email": "nope@example.com", "primary": True, "verified": False}]}
         self.refused("github", self.google, 401, "oauth_email_unverified", github=gh2,
                      what="github unverified primary")
-        self.refused("github", self.google, 503, "unavailable",
+        self.refused("github", self.google, 503, "oauth_provider_unavailable",
                      github={"user": {"login": "no-id"}, "emails": []}, what="github no user id")
 
     def t_no_takeover(self):
