@@ -77,6 +77,10 @@ if [ -x "$B/bin/02-service-discovery" ]; then
     run "02-service-discovery parked blocking queries: load, cap, drain, replicas (pg)" "$PY" services/02-service-discovery/tests/test-blocking.py "$B" "$pg_url"
 fi
 
+if [ -x "$B/bin/02-service-discovery" ] && [ -x "$B/bin/19-cart-service" ]; then
+    run "gr client: discovery end to end (02, 17, 19)" "$PY" lib/gr/tests/client/test-discovery.py "$B"
+fi
+
 if [ -x "$B/bin/14-event-bus-service" ]; then
     for engine in sqlite pg; do
         url=; [ "$engine" = pg ] && url=$pg_url

@@ -12,6 +12,7 @@
 #include "gr/arena.h"
 #include "gr/http.h"
 #include "gr/router.h"
+#include "gr/seal.h"
 #include "gr/service.h"
 
 #define CFG_SERVICE_MAX 63           /* characters of a service name */
@@ -29,7 +30,7 @@
  * HTTP_MAX_WAITERS (default 4096; beyond it 429 too_many_watches).
  */
 struct cfg_app {
-    unsigned char key[32];    /* AES-256-GCM master key; never logged */
+    struct gr_seal_key key;   /* AES-256-GCM master key; never logged */
     struct gr_waitq *changed; /* notified when index moves */
     atomic_llong index;       /* highest config index known to this process */
     atomic_llong polled_ms;   /* when a long-poll last read the index from the database */
@@ -39,7 +40,7 @@ extern const struct gr_route cfg_routes[CFG_NROUTES];
 
 /* Loads CONFIG_MASTER_KEY (64 hex chars) or DATA_DIR/config-master-key (made on first start). */
 int cfg_key_load(struct cfg_app *app, const char *data_dir);
-/* Seals @n bytes at @p, bound to @aad, into base64url(nonce|ciphertext|tag) in @a. */
+/* Seals @n bytes at @p (at most CFG_VALUE_MAX), bound to @aad, with gr_seal into @a. */
 int cfg_seal(const struct cfg_app *app, struct gr_arena *a, const char *aad, const void *p,
              size_t n, const char **out);
 /* Opens a sealed value (NUL-terminated plaintext in @a); GR_EINVAL when it does not verify. */

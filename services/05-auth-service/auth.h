@@ -14,6 +14,7 @@
 #include "gr/http.h"
 #include "gr/ratelimit.h"
 #include "gr/router.h"
+#include "gr/seal.h"
 #include "gr/service.h"
 
 #define AUTH_ACCESS_TTL_S  3600         /* decision 10 */
@@ -26,10 +27,11 @@
 #define AUTH_PW_MAX        128
 #define AUTH_TOKEN_B64     43 /* 32 random bytes as unpadded base64url */
 #define AUTH_SHA256_HEX    65
+#define AUTH_SEAL_MAX      8192 /* bytes of plaintext sealed at most */
 
 struct auth_app {
     struct gr_ctx *ctx;
-    unsigned char kek[32]; /* encrypts private keys, TOTP secrets and grace-window tokens */
+    struct gr_seal_key kek; /* seals private keys, TOTP secrets and grace-window tokens */
     pthread_rwlock_t keys_mu;
     struct gr_jwt_key *signer; /* keys_mu */
     char *jwks;                /* keys_mu: the published JWKS document */
@@ -44,7 +46,7 @@ struct auth_app {
 
 /** Loads the key-encryption key from AUTH_KEY_SECRET or DATA_DIR/auth-key-secret (made once). */
 int auth_kek_load(struct auth_app *app, const char *data_dir);
-/** AES-256-GCM of @n bytes under the KEK, as base64url(nonce|ciphertext|tag), in @a. */
+/** gr_seal of @n bytes (at most AUTH_SEAL_MAX) under the KEK, no associated data, in @a. */
 int auth_seal(const struct auth_app *app, struct gr_arena *a, const void *p, size_t n,
               const char **out);
 /** Opens auth_seal's text; *@out is NUL-terminated arena memory. GR_EINVAL if tampered. */

@@ -90,6 +90,7 @@ static void cart_fini(struct gr_ctx *ctx, void *p)
 
     (void)ctx;
     cart_sweeper_stop(app);
+    cart_upstream_fini();
     pthread_cond_destroy(&app->cv);
     pthread_mutex_destroy(&app->mu);
     gr_free(app);

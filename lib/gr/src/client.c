@@ -94,12 +94,18 @@ void gr_client_set_default(struct gr_client *c)
 /* http(s)://host... without whitespace, fitting GR_CLIENT_URL_MAX; copied without trailing '/'. */
 static bool url_ok(const char *u, char out[GR_CLIENT_URL_MAX + 1])
 {
-    size_t n;
+    size_t n, scheme;
 
-    if (u == NULL || (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0))
+    if (u == NULL)
+        return false;
+    if (strncmp(u, "http://", 7) == 0)
+        scheme = 7;
+    else if (strncmp(u, "https://", 8) == 0)
+        scheme = 8;
+    else
         return false;
     n = strlen(u);
-    if (n > GR_CLIENT_URL_MAX || n <= 8)
+    if (n > GR_CLIENT_URL_MAX || n <= scheme || u[scheme] == '/')
         return false;
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)u[i] <= ' ' || u[i] == 0x7f)

@@ -14,6 +14,7 @@
 
 #include "bus_int.h"
 #include "gr/auth.h"
+#include "gr/client.h"
 #include "gr/confwatch.h"
 #include "gr/db.h"
 #include "gr/discovery.h"
@@ -36,6 +37,7 @@ struct platform {
     struct gr_bus *bus;
     struct gr_svctoken *svctoken;   /* SERVICE_TOKEN or client credentials; NULL: none */
     struct gr_discovery *discovery; /* registration with 02 (DISCOVERY_URL); NULL: none */
+    struct gr_client *client;       /* calls to other services (gr_client_default) */
 };
 
 static struct platform *plat_of(struct gr_req *req)
@@ -250,6 +252,11 @@ static void release(struct platform *p)
     if (p->ctx.db)
         gr_db_close(p->ctx.db);
     gr_auth_free(p->ctx.auth);
+    /* After fini and the HTTP threads (their handles went at thread exit); before the metrics
+     * its counters live in. */
+    gr_client_set_default(NULL);
+    gr_client_free(p->client);
+    p->client = NULL;
     gr_metrics_free(p->ctx.metrics);
     /* Last: the bus threads and the request threads that use it have all stopped. */
     gr_svctoken_set_default(NULL);
@@ -326,6 +333,20 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
         return 2;
     }
     gr_svctoken_set_default(p->svctoken);
+    {
+        char ua[96];
+        struct gr_client_opts co = { .discovery_url = p->ctx.cfg.discovery_url,
+                                     .metrics = p->ctx.metrics,
+                                     .user_agent = ua };
+
+        snprintf(ua, sizeof(ua), "gravity-%s", svc->name);
+        if (gr_client_new(&co, &p->client) < 0) {
+            fprintf(stderr, "%s: DISCOVERY_URL: not an http(s) URL\n", svc->id);
+            release(p);
+            return 2;
+        }
+        gr_client_set_default(p->client);
+    }
     rc = open_db(p);
     if (rc < 0) {
         release(p);

@@ -251,6 +251,15 @@ static void test_bad_config(void **state)
                      GR_ECONFIG);
     assert_non_null(strstr(err, "GRT_BAD_URL"));
     unsetenv("GRT_BAD_URL");
+    setenv("GRT_BAD_URL", "http://", 1);
+    assert_int_equal(gr_client_peer(c, "svc", "GRT_BAD_URL", NULL, &p, err, sizeof(err)),
+                     GR_ECONFIG);
+    unsetenv("GRT_BAD_URL");
+    /* A one-letter host is a host; trailing slashes go. */
+    setenv("GRT_SHORT_URL", "http://a/", 1);
+    assert_int_equal(gr_client_peer(c, "short", "GRT_SHORT_URL", NULL, &p, err, sizeof(err)), 0);
+    assert_true(gr_peer_overridden(p));
+    unsetenv("GRT_SHORT_URL");
     assert_int_equal(gr_client_peer(c, "Bad_Name", NULL, NULL, &p, err, sizeof(err)), GR_EINVAL);
     /* No URL at all: unavailable. */
     assert_int_equal(gr_client_peer(c, "nowhere", NULL, NULL, &p, err, sizeof(err)), 0);
