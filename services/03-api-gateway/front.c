@@ -164,7 +164,37 @@ static struct {
     atomic_bool stop;
     struct gr_tb *tb;
     struct gr_redis *redis;
+    /* GATEWAY_RATE_IP / _USER, replaced at run time by gw_front_set_rates (hot reload from
+     * 04): per_s in thousandths << 32 | burst, so a reader sees one consistent pair. */
+    atomic_uint_fast64_t rate_ip, rate_user;
 } F;
+
+#define RATE_PER_S_MAX 4000000.0
+
+static uint64_t rate_pack(struct gw_rate r)
+{
+    double per = r.per_s < 0 ? 0 : r.per_s > RATE_PER_S_MAX ? RATE_PER_S_MAX : r.per_s;
+    uint64_t milli = (uint64_t)(per * 1000.0 + 0.5);
+
+    if (per > 0 && milli == 0)
+        milli = 1;
+    return milli << 32 | (uint32_t)(r.burst < 0 ? 0 : r.burst);
+}
+
+static struct gw_rate rate_load(atomic_uint_fast64_t *v)
+{
+    uint64_t x = atomic_load_explicit(v, memory_order_relaxed);
+
+    return (struct gw_rate){ .per_s = (double)(x >> 32) / 1000.0, .burst = (int)(x & 0xffffffffu) };
+}
+
+void gw_front_set_rates(const struct gw_rate *ip, const struct gw_rate *user)
+{
+    if (ip)
+        atomic_store_explicit(&F.rate_ip, rate_pack(*ip), memory_order_relaxed);
+    if (user)
+        atomic_store_explicit(&F.rate_user, rate_pack(*user), memory_order_relaxed);
+}
 
 /* ---- small helpers ----------------------------------------------------------------------------
  */
@@ -1130,10 +1160,11 @@ static void handle_head(struct conn *c, struct h1_request *rq)
         }
     }
     /* rate limits: per client IP on every path, then per IP on the route (its own budget) */
-    if (F.cfg.rate_ip.per_s > 0 && F.tb) {
+    struct gw_rate rate_ip = rate_load(&F.rate_ip);
+    if (rate_ip.per_s > 0 && F.tb) {
         char key[IP_MAX + 16];
         snprintf(key, sizeof(key), "gw|ip|%s", c->ip);
-        if (!gr_tb_take(F.tb, key, F.cfg.rate_ip.per_s, F.cfg.rate_ip.burst, &retry)) {
+        if (!gr_tb_take(F.tb, key, rate_ip.per_s, rate_ip.burst, &retry)) {
             problem(c, 429, "rate limit exceeded", true, retry);
             return;
         }
@@ -1172,7 +1203,8 @@ static void handle_head(struct conn *c, struct h1_request *rq)
     }
     /* per token subject, across every route; on the gateway's own paths a token the front can
      * verify counts too (a bad one is the control plane's to refuse) */
-    if (F.cfg.rate_user.per_s > 0 && F.tb) {
+    struct gw_rate rate_user = rate_load(&F.rate_user);
+    if (rate_user.per_s > 0 && F.tb) {
         const struct tokent *ut = tok;
         if (!ut && c->self && auth && auth_len > 7 && iprefix(auth, auth_len, "bearer ") &&
             F.cfg.auth) {
@@ -1185,7 +1217,7 @@ static void handle_head(struct conn *c, struct h1_request *rq)
         if (who) {
             char key[GR_RL_KEY_MAX];
             snprintf(key, sizeof(key), "gw|u|%s", who);
-            if (!gr_tb_take(F.tb, key, F.cfg.rate_user.per_s, F.cfg.rate_user.burst, &retry)) {
+            if (!gr_tb_take(F.tb, key, rate_user.per_s, rate_user.burst, &retry)) {
                 problem(c, 429, "rate limit exceeded", true, retry);
                 return;
             }
@@ -1601,6 +1633,7 @@ int gw_front_start(const struct gw_front_cfg *cfg, char *err, size_t errlen)
     }
     memset(&F, 0, sizeof(F));
     F.cfg = *cfg;
+    gw_front_set_rates(&cfg->rate_ip, &cfg->rate_user);
     snprintf(F.host, sizeof(F.host), "%s", cfg->host ? cfg->host : "127.0.0.1");
     snprintf(F.cors, sizeof(F.cors), "%s", cfg->cors_origins ? cfg->cors_origins : "");
     F.cfg.host = F.host;

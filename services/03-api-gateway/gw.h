@@ -153,6 +153,11 @@ struct gw_front_cfg {
 
 /** Binds and starts the workers. Returns 0 or a gr status; @err names what failed. */
 int gw_front_start(const struct gw_front_cfg *cfg, char *err, size_t errlen);
+/**
+ * Replaces the per-IP and per-user limits while the workers run (hot reload of
+ * GATEWAY_RATE_IP / GATEWAY_RATE_USER from the config service); NULL keeps one. per_s 0 = none.
+ */
+void gw_front_set_rates(const struct gw_rate *ip, const struct gw_rate *user);
 /** Stops accepting and waits up to @timeout_ms for in-flight requests to finish. */
 void gw_front_drain(int timeout_ms);
 /** Stops the workers and frees everything (after drain). */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "gr/confwatch.h"
 #include "gr/log.h"
 #include "h1.h"
 
@@ -27,6 +28,75 @@ static void app_free(struct gw_app *a)
     pthread_mutex_destroy(&a->rebuild_mu);
     pthread_mutex_destroy(&a->mu);
     gr_free(a);
+}
+
+static struct gw_rate parse_rate(const char *s)
+{
+    struct gw_rate r = { 0, 0 };
+    char *end = NULL;
+
+    if (!s || !*s)
+        return r;
+    r.per_s = strtod(s, &end);
+    if (end && *end == ':')
+        r.burst = (int)strtol(end + 1, NULL, 10);
+    if (r.per_s < 0)
+        r.per_s = 0;
+    if (r.burst < 1)
+        r.burst = r.per_s >= 1 ? (int)r.per_s : 1;
+    return r;
+}
+
+
+/*
+ * Hot reload (SERVICES §04 whitelisted keys, gr/confwatch.h): GATEWAY_RATE_IP and
+ * GATEWAY_RATE_USER set for api-gateway in the config service replace the environment's values
+ * while the data plane runs; removing the key restores the environment's. A value that does
+ * not parse ("per_s[:burst]") is ignored with a warning. The mutex orders a reload against the
+ * data plane's start (the watcher may answer before it).
+ */
+static pthread_mutex_t rates_mu = PTHREAD_MUTEX_INITIALIZER;
+static bool rate_set[2];
+static struct gw_rate rate_over[2];
+
+static bool rate_parse_strict(const char *v, struct gw_rate *out)
+{
+    char *end = NULL;
+    double per = strtod(v, &end);
+    long burst = 0;
+
+    if (end == v || per < 0 || per > 4000000.0)
+        return false;
+    if (*end == ':') {
+        const char *b = end + 1;
+        burst = strtol(b, &end, 10);
+        if (end == b || burst < 1 || burst > 100000000)
+            return false;
+    }
+    if (*end != '\0')
+        return false;
+    *out = parse_rate(v);
+    return true;
+}
+
+static void on_rate(const char *value, void *arg)
+{
+    int which = (int)(intptr_t)arg; /* 0: per IP, 1: per user */
+    const char *key = which ? "GATEWAY_RATE_USER" : "GATEWAY_RATE_IP";
+    struct gw_rate r;
+
+    if (value == NULL) {
+        r = parse_rate(getenv(key));
+    } else if (!rate_parse_strict(value, &r)) {
+        gr_log_warn("ignored a rate limit that does not parse (per_s[:burst])", "key", key);
+        return;
+    }
+    pthread_mutex_lock(&rates_mu);
+    rate_set[which] = value != NULL;
+    rate_over[which] = r;
+    gw_front_set_rates(which ? NULL : &r, which ? &r : NULL);
+    pthread_mutex_unlock(&rates_mu);
+    gr_log_info("rate limit reloaded", "key", key);
 }
 
 static int gw_init(struct gr_ctx *ctx, void **app)
@@ -105,25 +175,11 @@ static int gw_init(struct gr_ctx *ctx, void **app)
         app_free(a);
         return rc;
     }
+    if (gr_confwatch_on("GATEWAY_RATE_IP", on_rate, (void *)(intptr_t)0) < 0 ||
+        gr_confwatch_on("GATEWAY_RATE_USER", on_rate, (void *)(intptr_t)1) < 0)
+        gr_log_warn("rate limits will not hot-reload");
     *app = a;
     return 0;
-}
-
-static struct gw_rate parse_rate(const char *s)
-{
-    struct gw_rate r = { 0, 0 };
-    char *end = NULL;
-
-    if (!s || !*s)
-        return r;
-    r.per_s = strtod(s, &end);
-    if (end && *end == ':')
-        r.burst = (int)strtol(end + 1, NULL, 10);
-    if (r.per_s < 0)
-        r.per_s = 0;
-    if (r.burst < 1)
-        r.burst = r.per_s >= 1 ? (int)r.per_s : 1;
-    return r;
 }
 
 static void gw_started(struct gr_ctx *ctx, void *app, int port)
@@ -131,6 +187,7 @@ static void gw_started(struct gr_ctx *ctx, void *app, int port)
     struct gw_front_cfg fc = { 0 };
     const char *th = getenv("GATEWAY_THREADS");
     char err[256] = "";
+    int rc;
 
     (void)app;
     struct gw_table *t = gw_table_get();
@@ -149,9 +206,12 @@ static void gw_started(struct gr_ctx *ctx, void *app, int port)
     fc.metrics = ctx->metrics;
     fc.redis_url = ctx->cfg.redis_url;
     fc.cors_origins = getenv("GATEWAY_CORS_ORIGINS");
-    fc.rate_ip = parse_rate(getenv("GATEWAY_RATE_IP"));
-    fc.rate_user = parse_rate(getenv("GATEWAY_RATE_USER"));
-    if (gw_front_start(&fc, err, sizeof(err)) < 0) {
+    pthread_mutex_lock(&rates_mu);
+    fc.rate_ip = rate_set[0] ? rate_over[0] : parse_rate(getenv("GATEWAY_RATE_IP"));
+    fc.rate_user = rate_set[1] ? rate_over[1] : parse_rate(getenv("GATEWAY_RATE_USER"));
+    rc = gw_front_start(&fc, err, sizeof(err));
+    pthread_mutex_unlock(&rates_mu);
+    if (rc < 0) {
         gr_log_error("cannot start the data plane", "error", err);
         exit(1);
     }

@@ -60,7 +60,8 @@ def main():
     def start(name, extra):
         pf = os.path.join(tmp, name + ".port")
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CONFIG_URL",
-                                                                 "GRAVITY_ENV", "SERVICE_TOKEN")}
+                                                                 "GRAVITY_ENV", "SERVICE_TOKEN",
+                                                                 "REDIS_URL")}
         env.update({"HOST": "127.0.0.1", "PORT": "0", "GR_PORT_FILE": pf,
                     "DATA_DIR": os.path.join(tmp, name), "JWKS_URL": "file://" + jwks,
                     "CURSOR_SECRET": "t", "EVENT_BUS_URL": "http://127.0.0.1:9",
@@ -84,6 +85,9 @@ def main():
 
     def plog():
         return open(os.path.join(tmp, "17-product-service.log"), errors="replace").read()
+
+    def glog():
+        return open(os.path.join(tmp, "03-api-gateway.log"), errors="replace").read()
 
     def logged_requests():
         return sum(1 for line in plog().splitlines() if '"msg":"request"' in line)
@@ -140,8 +144,41 @@ def main():
             fail("product list")
         wait_for("a request logged again", lambda: logged_requests() > n)
         print("ok: LOG_LEVEL hot-reloads from config-service (layers, fallback, other services)")
+
+        # The gateway's rate limits (GATEWAY_RATE_IP) hot-reload too: set → the 4th request in
+        # a burst of a client is 429 at the edge; deleted → the environment's value (none).
+        gport = start("03-api-gateway", {
+            "CONFIG_URL": "http://127.0.0.1:%d" % cport, "GRAVITY_ENV": "prod",
+            "SERVICE_TOKEN": tok, "GATEWAY_UPSTREAMS": "product-service=127.0.0.1:%d" % pport,
+            "GATEWAY_THREADS": "1", "LOG_LEVEL": "info"})
+        wait_for("03 ready", lambda: req(gport, "GET", "/ready", auth=False) == 200)
+
+        def burst(n):
+            return [req(gport, "GET", "/api/v1/products", auth=False) for _ in range(n)]
+
+        if any(st != 200 for st in burst(10)):
+            fail("the gateway limited requests before any limit was set")
+        if req(cport, "PUT", "/api/v1/configs/api-gateway/default/GATEWAY_RATE_IP",
+               {"value": "0.001:3"}) != 201:
+            fail("PUT GATEWAY_RATE_IP")
+        wait_for("GATEWAY_RATE_IP applied", lambda: "rate limit reloaded" in glog())
+        got = burst(5)
+        if got[:3] != [200, 200, 200] or got[3:] != [429, 429]:
+            fail("GATEWAY_RATE_IP 0.001:3 from the config service: %r" % got)
+        if req(cport, "PUT", "/api/v1/configs/api-gateway/default/GATEWAY_RATE_IP",
+               {"value": "lots"}) not in (200, 201):
+            fail("PUT a bad GATEWAY_RATE_IP")
+        wait_for("the bad value ignored", lambda: "does not parse" in glog())
+        if req(gport, "GET", "/api/v1/products", auth=False) != 429:
+            fail("a bad value replaced the limit")
+        if req(cport, "DELETE", "/api/v1/configs/api-gateway/default/GATEWAY_RATE_IP") != 204:
+            fail("DELETE GATEWAY_RATE_IP")
+        wait_for("the limit lifted", lambda: req(gport, "GET", "/api/v1/products", auth=False) == 200)
+        if any(st != 200 for st in burst(10)):
+            fail("the gateway still limits after the key was deleted")
+        print("ok: the gateway's GATEWAY_RATE_IP hot-reloads (set, bad value ignored, deleted)")
     finally:
-        for name in ("17-product-service", "04-config-service"):
+        for name in ("03-api-gateway", "17-product-service", "04-config-service"):
             if name not in procs:
                 continue
             p, log = procs[name]
