@@ -62,3 +62,19 @@ awk -v o="$out" -v c=$((c1 - c0)) -v u=$((u1 - u0)) -v r=$((r1 - r0)) -v hz="$hz
     printf "gateway    %s gateway_cpu_us_per_req=%.1f upstream_cpu_us_per_req(both runs)=%.1f requests=%d\n",
         o, (r>0 ? c/hz*1e6/r : 0), (r>0 ? u/hz*1e6/r/2 : 0), r }'
 echo "gateway rss_kb=$(awk '/VmRSS/{print $2}' "/proc/$gw_pid/status") peak_rss_kb=$(awk '/VmHWM/{print $2}' "/proc/$gw_pid/status")"
+
+# The hop's added latency at low load (the goal: p50 added <= 0.5 ms): one connection, wrk
+# --latency, direct to 17 and through the gateway, A B A B; the median p50 of each.
+lat_p50() { # url -> p50 in ms
+    wrk -t1 -c1 -d"${LAT_DURATION:-4s}" --latency -s "$tmp/get_by_id.lua" \
+        -H "Authorization: Bearer $TOKEN" "$1" 2>/dev/null |
+        awk '$1=="50%"{v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}'
+}
+d=() g=()
+for _ in 1 2; do
+    d+=("$(lat_p50 "http://127.0.0.1:$up_port/api/v1/products/x")")
+    g+=("$(lat_p50 "$gw/api/v1/products/x")")
+done
+med() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+awk -v d="$(med "${d[@]}")" -v g="$(med "${g[@]}")" 'BEGIN{
+    printf "latency (1 connection): direct_p50=%.3fms gateway_p50=%.3fms p50_added=%.3fms (target <= 0.5 ms)\n", d, g, g - d }'

@@ -122,6 +122,10 @@ for engine in sqlite pg; do
         run "16-order-service events through 14 ($engine)" "$PY" \
             services/16-order-service/tests/test-events.py "$B" ${url:+"$url"}
     fi
+    if [ -x "$B/bin/16-order-service" ] && [ -x "$B/bin/19-cart-service" ]; then
+        run "checkout end to end through the gateway: register, cart, coupon, CONFIRMED, cancel, refund, events ($engine)" \
+            "$PY" tests/e2e/test-checkout.py "$B" ${url:+--pg-url "$url"}
+    fi
     if [ -x "$B/bin/19-cart-service" ]; then
         run "19-cart-service end to end with 17, 22 and a 16 double ($engine)" "$PY" \
             services/19-cart-service/tests/test-cart.py "$B" ${url:+"$url"}

@@ -52,6 +52,7 @@ static void fini(struct gr_ctx *ctx, void *p)
     (void)ctx;
     if (!app)
         return;
+    gr_seal_key_wipe(&app->key);
     gr_waitq_free(app->changed);
     app->changed = NULL;
 }

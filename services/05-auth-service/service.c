@@ -115,6 +115,7 @@ static void fini(struct gr_ctx *ctx, void *p)
     app->redis = NULL;
     gr_free(app->jwks);
     app->jwks = NULL;
+    gr_seal_key_wipe(&app->kek); /* last: the links thread has stopped */
 }
 
 static const struct gr_service auth_service = {

@@ -26,6 +26,7 @@ void eb_wake(struct eb_app *app)
     app->gen++;
     pthread_cond_broadcast(&app->cond);
     pthread_mutex_unlock(&app->mu);
+    gr_waitq_notify(app->wq);
 }
 
 uint64_t eb_gen(struct eb_app *app)
@@ -241,10 +242,14 @@ int eb_subs_pull(struct gr_req *req, struct gr_resp *resp)
     if (strcmp(sub.mode, "pull") != 0)
         return gr_resp_problem(req, resp, GR_ECONFLICT, "push_subscription",
                                "subscription '%s' is in push mode", sub.name);
-    deadline = gr_time_mono_ms() + wait_ms;
-    for (;;) {
-        uint64_t gen = eb_gen(req->app);
-        int64_t due, until;
+    /* One claim per run: with nothing to deliver the request parks (gr_req_wait, no thread
+     * held) until a publish or nak wakes it, the next delivery falls due, the wait ends or the
+     * service drains; then this handler runs again. */
+    deadline = req->wait.start_ms + wait_ms;
+    {
+        struct eb_app *app = req->app;
+        uint64_t seq = gr_waitq_seq(app->wq); /* before the claim: a publish after it wakes */
+        int64_t due, until, now;
 
         rc = gr_req_begin(req);
         if (rc == 0)
@@ -255,15 +260,16 @@ int eb_subs_pull(struct gr_req *req, struct gr_resp *resp)
             (void)gr_db_rollback(req->db);
             return rc;
         }
-        if (gr_db_nrows(rows) > 0 || gr_time_mono_ms() >= deadline)
-            break;
-        rc = eb_next_due(req->db, req->arena, sub.id, &due);
-        if (rc < 0)
-            return rc;
-        until = deadline;
-        if (due >= 0 && gr_time_mono_ms() + (due - gr_time_now_ms()) < until)
-            until = gr_time_mono_ms() + (due - gr_time_now_ms()) + 1;
-        eb_wait(req->app, gen, until);
+        now = gr_time_mono_ms();
+        if (gr_db_nrows(rows) == 0 && now < deadline && req->wait.reason != GR_WAKE_DRAIN) {
+            rc = eb_next_due(req->db, req->arena, sub.id, &due);
+            if (rc < 0)
+                return rc;
+            until = deadline;
+            if (due >= 0 && now + (due - gr_time_now_ms()) < until)
+                until = now + (due - gr_time_now_ms()) + 1;
+            return gr_req_wait(req, resp, app->wq, seq, until);
+        }
     }
     data = json_array();
     for (size_t i = 0; i < gr_db_nrows(rows); i++) {

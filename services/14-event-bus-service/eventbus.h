@@ -51,6 +51,7 @@ struct eb_app {
     pthread_mutex_t mu;
     pthread_cond_t cond; /* CLOCK_MONOTONIC */
     uint64_t gen;        /* bumped by eb_wake */
+    struct gr_waitq *wq; /* parked pulls (gr_req_wait), notified by eb_wake */
     _Atomic bool stop;   /* set by fini: the push thread exits */
     pthread_t push_thread;
     bool push_started;

@@ -22,6 +22,7 @@ static int eb_init(struct gr_ctx *ctx, void **app)
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&a->cond, &attr);
     pthread_condattr_destroy(&attr);
+    a->wq = gr_waitq_new();
     *app = a;
     if (ctx->db == NULL)
         return 0;
@@ -37,6 +38,7 @@ static void eb_fini(struct gr_ctx *ctx, void *app)
     eb_push_stop(a);
     pthread_cond_destroy(&a->cond);
     pthread_mutex_destroy(&a->mu);
+    gr_waitq_free(a->wq);
     gr_free(a);
 }
 

@@ -3,8 +3,9 @@
 
   test-checkout.py BUILD_DIR [--pg-url URL]
 
-Starts, on free ports of 127.0.0.1 in a temp dir, 05-auth-service, 14-event-bus-service (the
-HTTP bus every service publishes to), 02-service-discovery, 03-api-gateway, and the commerce
+Starts, on free ports of 127.0.0.1 in a temp dir, 02-service-discovery, 05-auth-service,
+14-event-bus-service (the HTTP bus every service publishes to; 05's and 14's ports are picked
+before the start, since 02 and 05 need both URLs), 03-api-gateway, and the commerce
 services 17 product, 18 inventory, 21 invoice (tax rates), 22 discount, 15 payment
 (PAYMENT_PROVIDER=test) and 16 order and 19 cart. Each database is SQLite, or with --pg-url one
 new PostgreSQL database per service. Nothing is faked:
@@ -23,18 +24,21 @@ Steps, all through the gateway's public port (every wait polls a condition with 
      every type, creates a product with two variants at 17, a warehouse and stock at 18, the
      US tax rate at 21 and a 10 % coupon at 22;
   2. a customer registers and logs in, browses the products without a token, creates a cart at
-     19, adds both variants, applies the coupon, and sees totals with the discount;
+     19, adds both variants, applies the coupon, and sees totals with the discount; a second
+     customer gets 404 for that cart (read and checkout);
   3. checkout with an Idempotency-Key and tok_visa → order CONFIRMED at 16 with grand_total =
      Σ lines − discount + tax = the amount paid at 15; the same key replays the same order;
      reservation and redemption confirmed; stock reserved;
   4. cancel → CANCELLED; the payment refunded exactly once at 15, the stock available again at
      18, the coupon's redemption released (its slot back) at 22, the saga done;
-  5. the test consumer sees every expected event once per entity: user.created,
-     auth.login.succeeded, product.created, inventory.stock_changed, cart.item_added,
+  5. the test consumer sees exactly these events naming the checkout's entities (user,
+     product, skus, cart, order, reservation, payment, redemption), each once: user.created,
+     auth.login.succeeded, product.created, inventory.stock_changed (per sku),
      cart.checked_out, order.created|confirmed|cancelled, inventory.reserved|released,
-     payment.initiated|completed|refunded, coupon.redeemed|released, and a
-     registry.instance.registered for every service; none that must not happen
-     (inventory.committed, payment.failed, a second refund, ...);
+     payment.initiated|completed|refunded, coupon.redeemed|released, plus cart.item_added
+     once per added line — so no duplicate and nothing that must not happen (a second refund,
+     inventory.committed, payment.failed, ...); and a registry.instance.registered for every
+     service, no low-stock, exhausted or dead-letter event;
   6. every service drains on SIGTERM with status 0, no sanitizer report and no token or client
      secret in any log.
 Prints a short timeline. Standard library only.
@@ -59,6 +63,7 @@ import uuid
 
 DEADLINE = 30.0
 START_DEADLINE = 60.0
+QUIET_S = 2.5  # no new event for this long: the bus has settled
 SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
 ADMIN_EMAIL, ADMIN_PASSWORD = "root@example.com", "root-password-e2e-1"
 COMMERCE = ["17-product-service", "18-inventory-service", "21-invoice-service",
@@ -229,6 +234,8 @@ class Bus:
         expect(st == 201, "subscribe the test consumer at 14 (through the gateway)", [st, s])
         self.sid = s["id"]
         self.events = {}  # event id -> (arrival s, seq, event)
+        self.lock = threading.Lock()
+        self.error = None
 
     def pull(self, wait_ms=500):
         st, b = http(self.gw, "POST", "/api/v1/event-subscriptions/%s/pull" % self.sid,
@@ -236,32 +243,38 @@ class Bus:
         if st != 200:
             return 0
         seqs = []
-        for d in b["data"]:
-            ev = d["event"]
-            seqs.append(d["seq"])
-            if ev["id"] not in self.events:
-                self.events[ev["id"]] = (time.monotonic() - T0, d["seq"], ev)
+        with self.lock:
+            for d in b["data"]:
+                ev = d["event"]
+                seqs.append(d["seq"])
+                if ev["id"] not in self.events:
+                    self.events[ev["id"]] = (time.monotonic() - T0, d["seq"], ev)
         if seqs:
             st, a = http(self.gw, "POST", "/api/v1/event-subscriptions/%s/ack" % self.sid,
                          {"seqs": seqs}, token=self.admin)
-            expect(st == 200, "ack", [st, a])
+            if st != 200:
+                self.error = "ack of %s: %s %s" % (seqs, st, a)
         return len(seqs)
 
     def of(self, type_, subject=None):
-        return sorted((v for v in self.events.values()
+        with self.lock:
+            evs = list(self.events.values())
+        return sorted((v for v in evs
                        if v[2].get("type") == type_ and
                        (subject is None or v[2].get("subject") == subject)),
                       key=lambda v: v[1])
 
+    def count(self):
+        with self.lock:
+            return len(self.events)
+
     def start(self):
         """Pulls in a thread until stop(), so arrival times mean something."""
-        self.lock = threading.Lock()
         self.done = threading.Event()
 
         def loop():
             while not self.done.is_set():
-                with self.lock:
-                    self.pull(300)
+                self.pull(300)
         self.thread = threading.Thread(target=loop, daemon=True)
         self.thread.start()
 
@@ -271,8 +284,8 @@ class Bus:
 
     def settled(self, what, cond, deadline=DEADLINE):
         def step():
-            with self.lock:
-                return cond()
+            expect(self.error is None, "the test consumer: " + str(self.error))
+            return cond()
         return wait_for(what, step, deadline)
 
 
@@ -297,7 +310,12 @@ def main():
         run(build, tmp, pg, dbs, svcs, secrets_seen)
         problems = []
         took = []
-        for name in reversed(list(svcs)):
+        # Clients of the bus first and 14 after them: a bus with consumers still long-polling
+        # never sees a quiet moment and drains only at DRAIN_TIMEOUT. 02 last (deregistrations).
+        order = [n for n in reversed(list(svcs)) if n not in PLATFORM]
+        order += [n for n in ("03-api-gateway", "05-auth-service", "14-event-bus-service",
+                              "02-service-discovery") if n in svcs]
+        for name in order:
             t = time.monotonic()
             why = svcs[name].stop()
             took.append("%s %.1f s" % (name[:2], time.monotonic() - t))
@@ -320,6 +338,9 @@ def main():
         ok = True
     finally:
         for s in svcs.values():
+            if not ok and s.proc and s.proc.poll() is not None:
+                print("%s had exited with %s; its log ends:\n    %s" % (
+                    s.name, s.proc.returncode, s.tail()))
             if s.proc and s.proc.poll() is None:
                 s.proc.kill()
                 s.proc.wait()
@@ -637,7 +658,7 @@ def run_flow(gw, admin, consumer, secrets_seen):
 
     # ---- 5. the events ----
     rid, pay_id, red_id = o["reservation_id"], o["payment_id"], o["coupon_redemption_id"]
-    once = [("user.created", uid), ("product.created", pid),
+    once = [("user.created", uid), ("auth.login.succeeded", uid), ("product.created", pid),
             ("inventory.stock_changed", vs_["sku"]), ("inventory.stock_changed", vm["sku"]),
             ("cart.checked_out", cid),
             ("order.created", oid), ("order.confirmed", oid), ("order.cancelled", oid),
@@ -661,14 +682,16 @@ def run_flow(gw, admin, consumer, secrets_seen):
                 all(len(consumer.of(t, s)) >= n for t, s, n in at_least) and
                 services <= registered())
     consumer.settled("every expected event at the test consumer", all_seen)
-    # Anything still on its way (a second copy would come from the same relay run or the next
-    # one, well within this): pull until 1 s passed with nothing new.
+    # Anything still on its way: a second copy would come from a relay (polls every 1 s) or
+    # from a consumer of order.cancelled at 15, 18 or 22 (long poll, then its own relay), so
+    # pull until QUIET_S passed with nothing new.
     quiet = {"n": -1, "at": time.monotonic()}
 
     def quiet_for_1s():
-        if len(consumer.events) != quiet["n"]:
-            quiet["n"], quiet["at"] = len(consumer.events), time.monotonic()
-        return time.monotonic() - quiet["at"] >= 1.0
+        n = consumer.count()
+        if n != quiet["n"]:
+            quiet["n"], quiet["at"] = n, time.monotonic()
+        return time.monotonic() - quiet["at"] >= QUIET_S
     consumer.settled("the bus to go quiet", quiet_for_1s)
     consumer.stop()
     for t, s in once:
@@ -679,6 +702,17 @@ def run_flow(gw, admin, consumer, secrets_seen):
         expect(not got, "no %s%s" % (t, " of " + s if s else ""), [g[2] for g in got])
     got = consumer.of("cart.item_added", cid)
     expect(len(got) == 2, "cart.item_added once per added line", [g[2] for g in got])
+    # Exactly these events name the checkout's entities, nothing more: no duplicate from a
+    # relay, a redelivered consumer or a second refund, no step that must not happen.
+    ours = {oid, cid, rid, pay_id, red_id, uid, pid, vs_["sku"], vm["sku"]}
+    want = sorted([list(x) for x in once] + [["cart.item_added", cid]] * 2)
+    with consumer.lock:
+        have = sorted([ev["type"], ev["subject"]] for _, _, ev in consumer.events.values()
+                      if ev.get("subject") in ours)
+    expect(have == want, "the events of the checkout's entities, each exactly as often as "
+           "expected", {"unexpected": [h for h in have if h not in want or
+                                       have.count(h) > want.count(h)],
+                        "missing": [w for w in want if have.count(w) < want.count(w)]})
     od = consumer.of("order.confirmed", oid)[0][2]
     expect(od["data"]["grand_total"]["amount"] == o["grand_total"]["amount"],
            "order.confirmed carries the order", od)
@@ -692,7 +726,6 @@ def run_flow(gw, admin, consumer, secrets_seen):
 
     print("timeline (seconds since start; steps and the checkout's events as the test consumer"
           " received them, with their bus seq):")
-    ours = {oid, cid, rid, pay_id, red_id, uid, pid, vs_["sku"], vm["sku"]}
     rows = [(t, "step", w) for t, w in TIMELINE if t >= checkout_t0 - 0.5]
     rows += [(arr, "#%d" % seq, "%s (%s)" % (ev["type"], ev.get("source", "").rsplit("/", 1)[-1]))
              for arr, seq, ev in consumer.events.values() if ev.get("subject") in ours]

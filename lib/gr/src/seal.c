@@ -23,17 +23,6 @@
 #include "gr/buf.h"
 #include "gr/log.h"
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 void gr_seal_key_wipe(struct gr_seal_key *key)
 {
     OPENSSL_cleanse(key->b, sizeof(key->b));
@@ -46,7 +35,8 @@ int gr_seal_key_from_hex(struct gr_seal_key *key, const char *hex)
         return GR_EINVAL;
     }
     for (size_t i = 0; i < GR_SEAL_KEY_LEN; i++) {
-        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        int hi = OPENSSL_hexchar2int((unsigned char)hex[2 * i]),
+            lo = OPENSSL_hexchar2int((unsigned char)hex[2 * i + 1]);
 
         if (hi < 0 || lo < 0) {
             gr_seal_key_wipe(key);
@@ -69,35 +59,19 @@ int gr_seal_key_from_passphrase(struct gr_seal_key *key, const char *pass)
     return 0;
 }
 
-/* Reads exactly @n bytes; -1 on a short file or an error. */
-static int read_full(int fd, unsigned char *p, size_t n)
+/* Reads (or, with @out, writes) exactly @n bytes at @p; -1 on a short file or an error. */
+static int io_full(int fd, unsigned char *p, size_t n, bool out)
 {
-    size_t got = 0;
+    size_t done = 0;
 
-    while (got < n) {
-        ssize_t r = read(fd, p + got, n - got);
+    while (done < n) {
+        ssize_t r = out ? write(fd, p + done, n - done) : read(fd, p + done, n - done);
 
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
             return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
-
-static int write_full(int fd, const unsigned char *p, size_t n)
-{
-    size_t put = 0;
-
-    while (put < n) {
-        ssize_t w = write(fd, p + put, n - put);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        put += (size_t)w;
+        done += (size_t)r;
     }
     return 0;
 }
@@ -116,7 +90,7 @@ static int read_key_file(int fd, const char *path, const struct gr_seal_key_opts
         snprintf(mode, sizeof(mode), "%04o", (unsigned)(st.st_mode & 0777));
         gr_log_warn(msg, "path", path, "mode", mode);
     }
-    if (read_full(fd, raw, GR_SEAL_KEY_LEN) < 0) {
+    if (io_full(fd, raw, GR_SEAL_KEY_LEN, false) < 0) {
         snprintf(err, errlen, "the %s file '%s' is damaged", o->what, path);
         return GR_ECONFIG;
     }
@@ -124,8 +98,8 @@ static int read_key_file(int fd, const char *path, const struct gr_seal_key_opts
 }
 
 /* Makes a new key file of 32 random bytes with mode 0600; on failure leaves no file. */
-static int make_key_file(const char *path, const struct gr_seal_key_opts *o, unsigned char *raw,
-                         char *err, size_t errlen)
+static int make_key_file(const char *dir, const char *path, const struct gr_seal_key_opts *o,
+                         unsigned char *raw, char *err, size_t errlen)
 {
     char msg[256];
     int fd, e;
@@ -134,13 +108,13 @@ static int make_key_file(const char *path, const struct gr_seal_key_opts *o, uns
         snprintf(err, errlen, "no random bytes for the %s file", o->what);
         return GR_EINTERNAL;
     }
-    (void)mkdir(o->data_dir, 0700);
+    (void)mkdir(dir, 0700);
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         snprintf(err, errlen, "cannot write the %s file '%s': %s", o->what, path, strerror(errno));
         return GR_ECONFIG;
     }
-    if (write_full(fd, raw, GR_SEAL_KEY_LEN) < 0 || fsync(fd) != 0) {
+    if (io_full(fd, raw, GR_SEAL_KEY_LEN, true) < 0 || fsync(fd) != 0) {
         e = errno;
         close(fd);
         (void)unlink(path);
@@ -158,11 +132,12 @@ static int make_key_file(const char *path, const struct gr_seal_key_opts *o, uns
 static int key_from_file(struct gr_seal_key *key, const struct gr_seal_key_opts *o, char *err,
                          size_t errlen)
 {
+    const char *dir = o->data_dir && *o->data_dir ? o->data_dir : ".";
     char path[GR_SEAL_PATH_MAX];
     unsigned char raw[GR_SEAL_KEY_LEN];
     int fd, rc, n;
 
-    n = snprintf(path, sizeof(path), "%s/%s", o->data_dir ? o->data_dir : ".", o->file);
+    n = snprintf(path, sizeof(path), "%s/%s", dir, o->file);
     if (n < 0 || (size_t)n >= sizeof(path)) {
         snprintf(err, errlen, "DATA_DIR is too long");
         return GR_ECONFIG;
@@ -179,7 +154,7 @@ static int key_from_file(struct gr_seal_key *key, const struct gr_seal_key_opts 
                  path);
         rc = GR_ECONFIG;
     } else {
-        rc = make_key_file(path, o, raw, err, errlen);
+        rc = make_key_file(dir, path, o, raw, err, errlen);
     }
     if (rc == 0)
         memcpy(key->b, raw, sizeof(raw));

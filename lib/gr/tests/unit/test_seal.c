@@ -428,62 +428,52 @@ static void test_key_file(void **state)
     gr_arena_release(&a);
 }
 
-/* What 04-config-service stored before gr_seal: opens with its key and associated data. */
-static void test_vector_config_service(void **state)
+/*
+ * Loads a key as a service does (@value in the variable, in @format), opens @sealed with @aad
+ * to @plain, refuses it with @bad_aad, and checks that gr_seal writes the same shape.
+ */
+static void check_vector(enum gr_seal_env_format format, const char *value, const char *aad,
+                         const char *bad_aad, const char *sealed, const char *want)
 {
     struct gr_seal_key_opts o = { .env = ENV,
-                                  .format = GR_SEAL_ENV_HEX,
+                                  .format = format,
                                   .data_dir = "/nonexistent/test_seal",
-                                  .file = "config-master-key",
-                                  .what = "master key" };
+                                  .file = "key",
+                                  .what = "test key" };
     struct gr_arena a = GR_ARENA_INIT;
     struct gr_seal_key k;
     char err[GR_SEAL_ERR_MAX], *plain;
     const char *s;
     size_t n;
 
-    (void)state;
-    setenv(ENV, HEX_KEY, 1);
+    setenv(ENV, value, 1);
     assert_int_equal(gr_seal_key_load(&k, &o, err, sizeof(err)), 0);
     unsetenv(ENV);
-    assert_int_equal(gr_seal_open(&k, &a, V04_AAD, V04_SEALED, &plain, &n), 0);
-    assert_int_equal(n, strlen(V04_PLAIN));
-    assert_string_equal(plain, V04_PLAIN);
-    assert_int_equal(gr_seal_open(&k, &a, NULL, V04_SEALED, &plain, &n), GR_EINVAL);
-    /* And what gr_seal writes has the same shape: nonce | ciphertext | tag, base64url. */
-    assert_int_equal(gr_seal(&k, &a, V04_AAD, V04_PLAIN, strlen(V04_PLAIN), &s), 0);
-    assert_int_equal(strlen(s), strlen(V04_SEALED));
+    assert_int_equal(gr_seal_open(&k, &a, aad, sealed, &plain, &n), 0);
+    assert_int_equal(n, strlen(want));
+    assert_string_equal(plain, want);
+    assert_int_equal(gr_seal_open(&k, &a, bad_aad, sealed, &plain, &n), GR_EINVAL);
+    /* What gr_seal writes has the same shape: base64url of nonce | ciphertext | tag. */
+    assert_int_equal(gr_seal(&k, &a, aad, want, strlen(want), &s), 0);
+    assert_int_equal(strlen(s), strlen(sealed));
+    assert_int_equal(gr_seal_open(&k, &a, aad, s, &plain, NULL), 0);
     gr_seal_key_wipe(&k);
     gr_arena_release(&a);
 }
 
-/* What 05-auth-service stored before gr_seal: a passphrase-derived key, no associated data. */
+/* What 04-config-service stored before gr_seal: a hex key, "service/env/key" as AAD. */
+static void test_vector_config_service(void **state)
+{
+    (void)state;
+    check_vector(GR_SEAL_ENV_HEX, HEX_KEY, V04_AAD, NULL, V04_SEALED, V04_PLAIN);
+}
+
+/* What 05-auth-service stored before gr_seal: a passphrase-derived key, no AAD. */
 static void test_vector_auth_service(void **state)
 {
-    struct gr_seal_key_opts o = { .env = ENV,
-                                  .format = GR_SEAL_ENV_PASSPHRASE,
-                                  .data_dir = "/nonexistent/test_seal",
-                                  .file = "auth-key-secret",
-                                  .what = "key secret" };
-    struct gr_arena a = GR_ARENA_INIT;
-    struct gr_seal_key k;
-    char err[GR_SEAL_ERR_MAX], *plain;
-    const char *s;
-    size_t n;
-
     (void)state;
-    setenv(ENV, PASS, 1);
-    assert_int_equal(gr_seal_key_load(&k, &o, err, sizeof(err)), 0);
-    unsetenv(ENV);
-    assert_int_equal(gr_seal_open(&k, &a, NULL, V05_SEALED, &plain, &n), 0);
-    assert_int_equal(n, strlen(V05_PLAIN));
-    assert_string_equal(plain, V05_PLAIN);
-    assert_int_equal(gr_seal_open(&k, &a, "", V05_SEALED, &plain, &n), 0);
-    assert_int_equal(gr_seal_open(&k, &a, "aad", V05_SEALED, &plain, &n), GR_EINVAL);
-    assert_int_equal(gr_seal(&k, &a, NULL, V05_PLAIN, strlen(V05_PLAIN), &s), 0);
-    assert_int_equal(strlen(s), strlen(V05_SEALED));
-    gr_seal_key_wipe(&k);
-    gr_arena_release(&a);
+    check_vector(GR_SEAL_ENV_PASSPHRASE, PASS, NULL, "aad", V05_SEALED, V05_PLAIN);
+    check_vector(GR_SEAL_ENV_PASSPHRASE, PASS, "", "x", V05_SEALED, V05_PLAIN);
 }
 
 int main(void)
