@@ -8,9 +8,8 @@
  * when the process has DISCOVERY_URL, else the seed ports (the defaults service.c read). Each
  * call has the configured deadline (CART_UPSTREAM_TIMEOUT_MS, the seed's 5 s), passes the
  * request id and traceparent on, caps the answer at CART_RESP_MAX bytes and reuses this
- * thread's keep-alive connections. The client is gr_main's process client when it has one,
- * else one made here on the first call (freed by cart_upstream_fini). Tokens and bodies are
- * never logged.
+ * thread's keep-alive connections. The client is gr_main's process client
+ * (gr_client_default). Tokens and bodies are never logged.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -27,7 +26,6 @@
 
 /* Made once, on the first call (the init hook has no client to give yet). */
 static pthread_mutex_t peers_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct gr_client *own_client; /* ours when gr_main has none */
 static struct gr_peer *product_peer, *discount_peer, *order_peer;
 static bool peers_made; /* under peers_mu */
 
@@ -43,14 +41,8 @@ static int make_peers(struct gr_req *req)
         pthread_mutex_unlock(&peers_mu);
         return 0;
     }
-    if (c == NULL) {
-        struct gr_client_opts o = { .discovery_url = req->ctx->cfg.discovery_url,
-                                    .metrics = req->ctx->metrics,
-                                    .user_agent = "gravity-cart-service" };
-
-        rc = gr_client_new(&o, &own_client);
-        c = own_client;
-    }
+    if (c == NULL) /* gr_main makes it before init: only a test harness without gr_main */
+        rc = GR_EUNAVAIL;
     if (rc == 0)
         rc = gr_client_peer(c, "product-service", "PRODUCT_URL", app->product_url, &product_peer,
                             err, sizeof(err));
@@ -70,9 +62,7 @@ static int make_peers(struct gr_req *req)
 
 void cart_upstream_fini(void)
 {
-    pthread_mutex_lock(&peers_mu);
-    gr_client_free(own_client);
-    own_client = NULL;
+    pthread_mutex_lock(&peers_mu); /* the peers belong to gr_main's client, freed by gr */
     product_peer = discount_peer = order_peer = NULL;
     peers_made = false;
     pthread_mutex_unlock(&peers_mu);
