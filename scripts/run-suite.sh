@@ -61,10 +61,13 @@ if [ -x tests/gravity/test-up.sh ]; then
     run "gravity up" tests/gravity/test-up.sh "$B"
 fi
 
+# HTTP_ENGINES (default both): the TSan pass of scripts/test.sh runs the declarative cases on
+# SQLite only — they drive the same handlers on both engines, and the threaded PostgreSQL paths
+# stay under TSan through the gr unit tests and the multi-process tests below.
 for dir in services/*/tests/http; do
     [ -d "$dir" ] || continue
     svc=$(basename "$(dirname "$(dirname "$dir")")")
-    for engine in sqlite pg; do
+    for engine in ${HTTP_ENGINES:-sqlite pg}; do
         run "$svc http ($engine)" "$PY" lib/gr/tests/http/runner.py --bin "$B/bin/$svc" \
             --jwt-tool "$B/bin/gr-jwt" --engine "$engine" --pg-url "$pg_url" -j 2 "$dir"
     done

@@ -18,6 +18,6 @@ scripts/run-suite.sh build/asan
 
 echo "== build (clang, TSan)"
 make --no-print-directory -j"$jobs" SAN=tsan all
-scripts/run-suite.sh build/tsan
+HTTP_ENGINES=sqlite scripts/run-suite.sh build/tsan
 
 echo "== make test: all green in $(( $(date +%s) - start ))s"
