@@ -5,7 +5,9 @@
 #   make fuzz    libFuzzer targets, FUZZ_SECONDS each (default 60)
 #   make check   format, banned-function and static checks
 #   make chaos   kill -9 chaos of the bus: CHAOS_EVENTS events, CHAOS_KILLS kills per backend
-#                (CHAOS_PG_URL= adds PostgreSQL)
+#                (CHAOS_PG_URL= adds PostgreSQL); then of the checkout saga: CHAOS_CHECKOUT_KILLS
+#                kill -9 of its participants during CHAOS_CHECKOUT_ORDERS checkouts, on SQLite
+#                and PostgreSQL (CHAOS_PG_URL, else a throwaway one)
 
 SAN ?=
 ifeq ($(SAN),asan)
@@ -136,9 +138,12 @@ bench: deps
 	@BUILD=$(BUILD) bench/bus.sh
 	@BUILD=$(BUILD) bench/auth.sh
 	@BUILD=$(BUILD) bench/gateway.sh
+	@BUILD=$(BUILD) bench/checkout.sh
 
 CHAOS_EVENTS ?= 100000
 CHAOS_KILLS  ?= 20
+CHAOS_CHECKOUT_KILLS  ?= 200
+CHAOS_CHECKOUT_ORDERS ?= 600
 chaos: deps
 	@$(MAKE) --no-print-directory all
 	@set -e; for be in http nats; do \
@@ -146,6 +151,8 @@ chaos: deps
 	    if [ -n "$(CHAOS_PG_URL)" ]; then $(PY) tests/bus/chaos.py $(BUILD) --backend $$be \
 	        --events $(CHAOS_EVENTS) --kills $(CHAOS_KILLS) --pg-url "$(CHAOS_PG_URL)"; fi; \
 	done
+	@tests/chaos/run-checkout-chaos.sh $(BUILD) $(CHAOS_CHECKOUT_KILLS) $(CHAOS_CHECKOUT_ORDERS) \
+	    $(CHAOS_PG_URL)
 
 fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)

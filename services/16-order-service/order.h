@@ -19,6 +19,7 @@
 
 #include "gr/arena.h"
 #include "gr/bus.h"
+#include "gr/client.h"
 #include "gr/db.h"
 #include "gr/http.h"
 #include "gr/money.h"
@@ -74,6 +75,9 @@ struct order_app {
     long long reserve_ttl_s;   /* ORDER_RESERVATION_TTL_S: ttl_s sent to 18 */
     long long give_up_s;       /* ORDER_SAGA_GIVE_UP_S: unreachable peers → cancel */
     const char *kill_at;       /* ORDER_TEST_KILL_AT: a saga point to SIGKILL at (tests) */
+    /* peers of the process client (upstream.c), made by the init hook */
+    struct gr_peer *product, *inventory, *tax_peer, *discount, *payment;
+    struct gr_client *own_client; /* NULL under gr_main (its client is used) */
     struct gr_db *db;
     char instance[40]; /* this process's id, the owner of its leases */
     /* tax-rate cache, under tax_mu */
@@ -99,8 +103,9 @@ struct saga_ctx {
 
 /* An answer of another service. */
 struct upstream {
-    long status;  /* HTTP status; 0 when none came */
-    json_t *json; /* parsed body or NULL; owned by the arena */
+    long status;         /* HTTP status; 0 when none came */
+    json_t *json;        /* parsed body or NULL; owned by the arena */
+    const char *problem; /* status >= 400 with a problem type: its slug; else NULL */
 };
 
 /* What 17 says about a variant. */
@@ -161,11 +166,19 @@ void saga_resumer_stop(struct order_app *app);
 
 /* ---- other services (upstream.c) ---- */
 /**
- * One call to another service with the process's service token. @idem_key and @body may be
- * NULL. Errors: GR_ETIMEOUT, GR_EUNAVAIL (no answer); otherwise 0 with @u filled.
+ * Makes the peers of @app (its *_url fields are the defaults; @tax_env is "TAX_URL" or
+ * "INVOICE_URL") on gr_client_default(). GR_ECONFIG (one line on stderr) when one cannot be.
  */
-GR_MUST_CHECK int up_call(struct saga_ctx *s, const char *what, const char *method, const char *url,
-                          const char *idem_key, json_t *body, struct upstream *u);
+GR_MUST_CHECK int up_peers_make(struct order_app *app, const char *tax_env);
+/** Frees what up_peers_make made of its own (after the last call). */
+void up_peers_free(struct order_app *app);
+/**
+ * One call to peer @p (@path with its query) with the process's service token. @idem_key and
+ * @body may be NULL. Errors: GR_ETIMEOUT, GR_EUNAVAIL (no answer); otherwise 0 with @u filled.
+ */
+GR_MUST_CHECK int up_call(struct saga_ctx *s, const char *what, const char *method,
+                          struct gr_peer *p, const char *path, const char *idem_key, json_t *body,
+                          struct upstream *u);
 /** Prices @n variants at 17 into @out (zeroed first). GR_EUNAVAIL when 17 fails. */
 GR_MUST_CHECK int up_price(struct saga_ctx *s, const char *const *ids, size_t n,
                            struct variant_price *out);

@@ -200,12 +200,7 @@ static void totals(struct ord *o, long long discount)
 
 static const char *problem_type(const struct upstream *u)
 {
-    const char *t = json_string_value(json_object_get(u->json, "type"));
-    const char *p = "urn:gravity:problem:";
-
-    if (t != NULL && strncmp(t, p, strlen(p)) == 0)
-        return t + strlen(p);
-    return t != NULL ? t : "";
+    return u->problem != NULL ? u->problem : "";
 }
 
 static enum outcome step_coupon(struct saga_ctx *s, struct ord *o)
@@ -225,8 +220,7 @@ static enum outcome step_coupon(struct saga_ctx *s, struct ord *o)
                              (json_int_t)o->lines[i].unit, "currency", o->currency));
     body = json_pack("{s:s,s:s,s:s,s:s,s:o}", "code", o->coupon_code, "order_id", o->id, "user_id",
                      o->user_id, "currency", o->currency, "lines", lines);
-    rc = up_call(s, "coupon reservation", "POST",
-                 gr_arena_printf(s->a, "%s/api/v1/coupon-redemptions", s->app->discount_url),
+    rc = up_call(s, "coupon reservation", "POST", s->app->discount, "/api/v1/coupon-redemptions",
                  gr_arena_printf(s->a, "order:%s:coupon", o->id), body, &u);
     json_decref(body);
     if (rc == 0 && (u.status == 200 || u.status == 201)) {
@@ -263,9 +257,9 @@ static enum outcome step_reserve(struct saga_ctx *s, struct ord *o)
                                                (json_int_t)o->lines[i].qty));
     body = json_pack("{s:s,s:o,s:I}", "order_id", o->id, "items", items, "ttl_s",
                      (json_int_t)s->app->reserve_ttl_s);
-    rc = up_call(s, "stock reservation", "POST",
-                 gr_arena_printf(s->a, "%s/api/v1/inventory/reservations", s->app->inventory_url),
-                 gr_arena_printf(s->a, "order:%s:reserve", o->id), body, &u);
+    rc =
+        up_call(s, "stock reservation", "POST", s->app->inventory, "/api/v1/inventory/reservations",
+                gr_arena_printf(s->a, "order:%s:reserve", o->id), body, &u);
     json_decref(body);
     if (rc == 0 && (u.status == 200 || u.status == 201)) {
         const char *rid = json_string_value(json_object_get(u.json, "id"));
@@ -306,8 +300,7 @@ static enum outcome step_pay(struct saga_ctx *s, struct ord *o)
     body =
         json_pack("{s:I,s:s,s:s,s:s,s:s}", "amount", (json_int_t)o->grand, "currency", o->currency,
                   "order_id", o->id, "payment_method_id", o->pm, "user_id", o->user_id);
-    rc = up_call(s, "payment", "POST",
-                 gr_arena_printf(s->a, "%s/api/v1/payments", s->app->payment_url),
+    rc = up_call(s, "payment", "POST", s->app->payment, "/api/v1/payments",
                  gr_arena_printf(s->a, "order:%s:pay", o->id), body, &u);
     json_decref(body);
     if (rc == 0 && (u.status == 200 || u.status == 201)) {
@@ -482,9 +475,8 @@ static int compensate(struct saga_ctx *s, struct ord *o)
     if (o->refund && o->payment_id != NULL) {
         json_t *body = json_pack("{s:s}", "reason", "order_cancelled");
 
-        rc = up_call(s, "refund", "POST",
-                     gr_arena_printf(s->a, "%s/api/v1/payments/%s/refund", s->app->payment_url,
-                                     o->payment_id),
+        rc = up_call(s, "refund", "POST", s->app->payment,
+                     gr_arena_printf(s->a, "/api/v1/payments/%s/refund", o->payment_id),
                      gr_arena_printf(s->a, "order:%s:refund", o->id), body, &u);
         json_decref(body);
         if (!undone(rc, &u)) {
@@ -494,20 +486,20 @@ static int compensate(struct saga_ctx *s, struct ord *o)
         test_kill(s, "refund");
     }
     if (o->reservation_id != NULL) {
-        rc = up_call(s, "stock release", "POST",
-                     gr_arena_printf(s->a, "%s/api/v1/inventory/reservations/%s/release",
-                                     s->app->inventory_url, o->reservation_id),
-                     NULL, NULL, &u);
+        rc = up_call(
+            s, "stock release", "POST", s->app->inventory,
+            gr_arena_printf(s->a, "/api/v1/inventory/reservations/%s/release", o->reservation_id),
+            NULL, NULL, &u);
         if (!undone(rc, &u)) {
             all = false;
             o->error = "stock release: no answer";
         }
     }
     if (o->redemption_id != NULL) {
-        rc = up_call(s, "coupon release", "POST",
-                     gr_arena_printf(s->a, "%s/api/v1/coupon-redemptions/%s/release",
-                                     s->app->discount_url, o->redemption_id),
-                     NULL, NULL, &u);
+        rc = up_call(
+            s, "coupon release", "POST", s->app->discount,
+            gr_arena_printf(s->a, "/api/v1/coupon-redemptions/%s/release", o->redemption_id), NULL,
+            NULL, &u);
         if (!undone(rc, &u)) {
             all = false;
             o->error = "coupon release: no answer";
@@ -533,10 +525,10 @@ static enum outcome step_confirm(struct saga_ctx *s, struct ord *o)
     int rc;
 
     if (o->reservation_id != NULL) {
-        rc = up_call(s, "stock confirm", "POST",
-                     gr_arena_printf(s->a, "%s/api/v1/inventory/reservations/%s/confirm",
-                                     s->app->inventory_url, o->reservation_id),
-                     NULL, NULL, &u);
+        rc = up_call(
+            s, "stock confirm", "POST", s->app->inventory,
+            gr_arena_printf(s->a, "/api/v1/inventory/reservations/%s/confirm", o->reservation_id),
+            NULL, NULL, &u);
         if (rc == 0 && u.status == 409) {
             o->reason = "out_of_stock";
             o->error = gr_arena_printf(s->a, "stock confirm: %s", problem_type(&u));
@@ -548,10 +540,10 @@ static enum outcome step_confirm(struct saga_ctx *s, struct ord *o)
         }
     }
     if (o->redemption_id != NULL) {
-        rc = up_call(s, "coupon confirm", "POST",
-                     gr_arena_printf(s->a, "%s/api/v1/coupon-redemptions/%s/confirm",
-                                     s->app->discount_url, o->redemption_id),
-                     NULL, NULL, &u);
+        rc = up_call(
+            s, "coupon confirm", "POST", s->app->discount,
+            gr_arena_printf(s->a, "/api/v1/coupon-redemptions/%s/confirm", o->redemption_id), NULL,
+            NULL, &u);
         if (rc < 0 || u.status == 0 || u.status >= 500 || u.status == 401 || u.status == 403) {
             o->error = gr_arena_printf(s->a, "coupon confirm: %ld", rc < 0 ? 0L : u.status);
             return RETRY;

@@ -79,7 +79,11 @@ static int order_init(struct gr_ctx *ctx, void **out)
             rc = GR_ECONFIG;
         }
     }
+    if (rc == 0)
+        rc = up_peers_make(app, getenv("TAX_URL") == NULL && invoice != NULL ? "INVOICE_URL"
+                                                                             : "TAX_URL");
     if (rc < 0) {
+        up_peers_free(app);
         gr_free(app);
         return rc;
     }
@@ -111,7 +115,8 @@ static void order_fini(struct gr_ctx *ctx, void *p)
     struct order_app *app = p;
 
     (void)ctx;
-    saga_resumer_stop(app);
+    saga_resumer_stop(app); /* before the client goes (gr frees it after fini) */
+    up_peers_free(app);
     pthread_cond_destroy(&app->cv);
     pthread_mutex_destroy(&app->mu);
     pthread_mutex_destroy(&app->tax_mu);

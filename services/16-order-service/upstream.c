@@ -1,122 +1,102 @@
 /*
  * upstream.c - order-service's calls to other services (SERVICES §16, decision 6: directly,
- * service to service, with the process's client-credentials token from gr_svctoken_default):
- * prices from 17, tax rates from 21 (cached, decision 15), and the saga's calls to 22, 18
- * and 15 (saga.c).
+ * service to service, with the process's client-credentials token): prices from 17, tax rates
+ * from 21 (cached, decision 15), and the saga's calls to 22, 18 and 15 (saga.c).
  *
- * Each call is one libcurl request with the deadline ORDER_CALL_TIMEOUT_MS (the seed's 5 s),
- * the request id and traceparent passed on and the answer capped at ORDER_RESP_MAX bytes.
- * Base URLs come from PRODUCT_URL, INVENTORY_URL, TAX_URL (or INVOICE_URL), DISCOUNT_URL and
- * PAYMENT_URL with the seed ports as defaults: gr has no discovery lookup yet, so this file is
- * the one place to change when it has one. Tokens and bodies are never logged.
+ * The calls go through gr/client.h (gr_main's process client): peers product-service,
+ * inventory-service, invoice-service (tax rates), discount-service and payment-service, each
+ * overridden by PRODUCT_URL, INVENTORY_URL, TAX_URL (else INVOICE_URL), DISCOUNT_URL or
+ * PAYMENT_URL when set, else found through 02 when the process has DISCOVERY_URL, else the seed
+ * ports. Each call has the deadline ORDER_CALL_TIMEOUT_MS (the seed's 5 s), passes the request
+ * id and traceparent on, caps the answer at ORDER_RESP_MAX bytes and reuses the calling
+ * thread's keep-alive connections. Tokens and bodies are never logged.
  */
-#include <curl/curl.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "gr/buf.h"
+#include "gr/client.h"
 #include "gr/json.h"
 #include "gr/log.h"
-#include "gr/svctoken.h"
 #include "gr/time.h"
 #include "order.h"
 
-struct sink {
-    struct gr_buf b;
-    bool toobig;
-};
-
-static size_t sink_write(char *p, size_t size, size_t n, void *arg)
+int up_peers_make(struct order_app *app, const char *tax_env)
 {
-    struct sink *s = arg;
+    struct gr_client *c = gr_client_default();
+    char err[256];
+    int rc = 0;
 
-    if (gr_buf_append(&s->b, p, size * n) < 0) {
-        s->toobig = true;
-        return 0;
+    if (c == NULL) { /* not under gr_main (it always has one): a client of our own */
+        struct gr_client_opts o = { .user_agent = "gravity-order-service" };
+
+        rc = gr_client_new(&o, &app->own_client);
+        c = app->own_client;
+        if (rc < 0) {
+            fprintf(stderr, "16-order-service: no upstream client: %s\n", gr_err_name(rc));
+            return rc;
+        }
     }
-    return size * n;
+    rc = gr_client_peer(c, "product-service", "PRODUCT_URL", app->product_url, &app->product, err,
+                        sizeof(err));
+    if (rc == 0)
+        rc = gr_client_peer(c, "inventory-service", "INVENTORY_URL", app->inventory_url,
+                            &app->inventory, err, sizeof(err));
+    if (rc == 0)
+        rc = gr_client_peer(c, "invoice-service", tax_env, app->tax_url, &app->tax_peer, err,
+                            sizeof(err));
+    if (rc == 0)
+        rc = gr_client_peer(c, "discount-service", "DISCOUNT_URL", app->discount_url,
+                            &app->discount, err, sizeof(err));
+    if (rc == 0)
+        rc = gr_client_peer(c, "payment-service", "PAYMENT_URL", app->payment_url, &app->payment,
+                            err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "16-order-service: %s\n", rc == GR_ECONFIG ? err : gr_err_name(rc));
+        return GR_ECONFIG;
+    }
+    return 0;
 }
 
-int up_call(struct saga_ctx *s, const char *what, const char *method, const char *url,
-            const char *idem_key, json_t *body, struct upstream *u)
+void up_peers_free(struct order_app *app)
 {
-    struct gr_svctoken *tp = gr_svctoken_default();
-    const char *tok = tp != NULL ? gr_svctoken_get(tp, s->a) : NULL;
-    struct sink sk = { .toobig = false };
-    struct curl_slist *h = NULL, *t;
-    struct gr_str text = { 0 };
-    const char *hdrs[6];
-    size_t nh = 0;
-    CURLcode cc = CURLE_FAILED_INIT;
-    CURL *c;
-    int rc = GR_EUNAVAIL;
+    gr_client_free(app->own_client);
+    app->own_client = NULL;
+}
+
+int up_call(struct saga_ctx *s, const char *what, const char *method, struct gr_peer *p,
+            const char *path, const char *idem_key, json_t *body, struct upstream *u)
+{
+    struct gr_call_res res;
+    int rc;
 
     u->status = 0;
     u->json = NULL;
-    if (body != NULL && gr_json_dump(s->a, body, &text) < 0)
-        return GR_EINTERNAL;
-    c = curl_easy_init();
-    gr_buf_init(&sk.b, ORDER_RESP_MAX);
-    hdrs[nh++] = "Accept: application/json";
-    if (body != NULL)
-        hdrs[nh++] = "Content-Type: application/json";
-    if (s->request_id != NULL)
-        hdrs[nh++] = gr_arena_printf(s->a, "X-Request-Id: %s", s->request_id);
-    if (s->traceparent != NULL && strlen(s->traceparent) < 128)
-        hdrs[nh++] = gr_arena_printf(s->a, "traceparent: %s", s->traceparent);
-    if (tok != NULL)
-        hdrs[nh++] = gr_arena_printf(s->a, "Authorization: Bearer %s", tok);
-    if (idem_key != NULL)
-        hdrs[nh++] = gr_arena_printf(s->a, "Idempotency-Key: %s", idem_key);
-    if (c == NULL)
-        goto out;
-    for (size_t i = 0; i < nh; i++) {
-        t = curl_slist_append(h, hdrs[i]);
-        if (t == NULL)
-            goto out;
-        h = t;
-    }
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "gravity-order-service");
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)s->app->timeout_ms);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
-                     (long)(s->app->timeout_ms < 2000 ? s->app->timeout_ms : 2000));
-    curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)ORDER_RESP_MAX);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sk);
-    if (strcmp(method, "GET") != 0) {
-        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, text.ptr != NULL ? text.ptr : "");
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)(text.ptr != NULL ? text.len : 0));
-    }
-    cc = curl_easy_perform(c);
-    if (cc == CURLE_OK) {
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &u->status);
-        if (sk.b.len > 0 && gr_json_parse(s->a, gr_buf_cstr(&sk.b), sk.b.len, &u->json, NULL) < 0)
-            u->json = NULL;
-        rc = 0;
-    } else if (cc == CURLE_OPERATION_TIMEDOUT) {
-        rc = GR_ETIMEOUT;
-    }
-out:
+    u->problem = NULL;
+    if (p == NULL)
+        return GR_EUNAVAIL;
+    rc = gr_client_call(p, s->a,
+                        &(struct gr_call){ .method = method,
+                                           .path = path,
+                                           .json = body,
+                                           .idem_key = idem_key,
+                                           .request_id = s->request_id,
+                                           .traceparent = s->traceparent,
+                                           .timeout_ms = (int)s->app->timeout_ms,
+                                           .resp_max = ORDER_RESP_MAX,
+                                           .what = what },
+                        &res);
     if (rc < 0)
-        gr_log_warn("upstream call failed", "call", what, "error",
-                    sk.toobig ? "response too large" : curl_easy_strerror(cc));
-    else if (u->status == 401 && tp != NULL && tok != NULL)
-        gr_svctoken_refused(tp, tok);
-    curl_slist_free_all(h);
-    if (c != NULL)
-        curl_easy_cleanup(c);
-    gr_buf_release(&sk.b);
-    return rc;
+        return rc == GR_ETIMEOUT ? GR_ETIMEOUT : GR_EUNAVAIL;
+    u->status = res.status;
+    u->json = res.json;
+    u->problem = res.problem;
+    return 0;
 }
 
 int up_price(struct saga_ctx *s, const char *const *ids, size_t n, struct variant_price *out)
 {
-    struct gr_buf url = GR_BUF_INIT;
+    struct gr_buf path = GR_BUF_INIT;
     struct upstream u;
     json_t *data, *v;
     size_t i;
@@ -125,12 +105,12 @@ int up_price(struct saga_ctx *s, const char *const *ids, size_t n, struct varian
     memset(out, 0, n * sizeof(*out));
     if (n == 0)
         return 0;
-    gr_buf_init(&url, 8192);
-    gr_buf_printf(&url, "%s/api/v1/products/variants?ids=", s->app->product_url);
+    gr_buf_init(&path, 8192);
+    gr_buf_printf(&path, "/api/v1/products/variants?ids=");
     for (i = 0; i < n; i++)
-        gr_buf_printf(&url, "%s%s", i ? "," : "", ids[i]);
-    rc = up_call(s, "product prices", "GET", gr_buf_cstr(&url), NULL, NULL, &u);
-    gr_buf_release(&url);
+        gr_buf_printf(&path, "%s%s", i ? "," : "", ids[i]);
+    rc = up_call(s, "product prices", "GET", s->app->product, gr_buf_cstr(&path), NULL, NULL, &u);
+    gr_buf_release(&path);
     if (rc < 0)
         return GR_EUNAVAIL;
     data = json_object_get(u.json, "data");
@@ -177,10 +157,9 @@ static int fetch_rates(struct saga_ctx *s, const char *country, struct tax_entry
 
     memset(e, 0, sizeof(*e));
     snprintf(e->country, sizeof(e->country), "%s", country);
-    rc = up_call(
-        s, "tax rates", "GET",
-        gr_arena_printf(s->a, "%s/api/v1/tax-rates?country=%s&limit=100", s->app->tax_url, country),
-        NULL, NULL, &u);
+    rc = up_call(s, "tax rates", "GET", s->app->tax_peer,
+                 gr_arena_printf(s->a, "/api/v1/tax-rates?country=%s&limit=100", country), NULL,
+                 NULL, &u);
     if (rc < 0)
         return GR_EUNAVAIL;
     data = json_object_get(u.json, "data");

@@ -527,6 +527,17 @@ static bool engine_in_tx(const struct gr_db_conn *c)
 
 #define BATCH_MAX     64 /* members of one batch at most, to bound the wait of the first */
 #define BATCH_WAIT_MS 2  /* a member waits this long for others before committing itself */
+/*
+ * Linger (synchronous=FULL only, where every commit is an fsync): while batches have had more
+ * than one member lately (LINGER_AVG16, members x16, moving average over ~8 batches), a member
+ * that finds nobody queued does not commit at once but leaves the batch open for about as long
+ * as a COMMIT takes on this disk (moving average, between LINGER_MIN_NS and LINGER_MAX_NS)
+ * after it began, so the requests arriving meanwhile share its fsync. A lone writer (tests, a
+ * quiet service) never lingers: its batches have one member.
+ */
+#define LINGER_MIN_NS (100 * 1000LL)
+#define LINGER_MAX_NS (1000 * 1000LL)
+#define LINGER_AVG16  20
 
 /* Deferred members of batches ended by this thread, told by unlock_write. */
 static _Thread_local struct gr_db_waiter *tl_fire;
@@ -548,6 +559,8 @@ static void batch_end(struct gr_db *db, int rc)
         w = next;
     }
     db->waiters = NULL;
+    /* members x16, moving average with weight 1/8 (unsigned: add before subtracting) */
+    db->members_avg16 = db->members_avg16 + db->members * 2 - db->members_avg16 / 8;
     pthread_mutex_lock(&db->commit_mu);
     db->done_rc[db->batch % GR_DB__BATCH_RING] = rc;
     db->done = db->batch;
@@ -577,11 +590,19 @@ static void unlock_write(struct gr_db *db)
     }
 }
 
-/* Commits the open batch (one fsync with synchronous=FULL). write_mu held. */
+static int64_t mono_ns(void);
+
+/* Commits the open batch (one fsync with synchronous=FULL; its duration feeds linger_ns).
+ * write_mu held. */
 static int batch_commit(struct gr_db *db)
 {
     struct gr_db_conn *w = db->writer;
+    int64_t t0 = mono_ns();
     int rc = gr_db__lite_run(w, NULL, "COMMIT", NULL, 0, NULL, NULL);
+    int64_t avg = atomic_load(&db->commit_avg_ns);
+
+    /* weight 1/8 */
+    atomic_store(&db->commit_avg_ns, avg + (mono_ns() - t0 - avg) / 8);
 
     if (rc < 0) {
         log_failure(w, "COMMIT", rc);
@@ -611,6 +632,26 @@ static int64_t batch_age_ns(struct gr_db *db)
     return mono_ns() - atomic_load(&db->batch_t0);
 }
 
+/* How long a batch stays open for more members (see LINGER_MIN_NS). */
+static int64_t linger_ns(struct gr_db *db)
+{
+    int64_t v = atomic_load(&db->commit_avg_ns);
+
+    return v < LINGER_MIN_NS ? LINGER_MIN_NS : v > LINGER_MAX_NS ? LINGER_MAX_NS : v;
+}
+
+/*
+ * True while the open batch should stay open for more members. Only a batch with members
+ * lingers: they are waiting for it (or their watchdog is armed), so one of them ends it; a
+ * batch left without any (its only transactions rolled back) is ended at once, as it holds
+ * the database's write lock against other processes. write_mu.
+ */
+static bool lingers(struct gr_db *db)
+{
+    return db->opts.sqlite_sync_full && db->members > 0 && db->members_avg16 >= LINGER_AVG16 &&
+           batch_age_ns(db) < linger_ns(db);
+}
+
 /*
  * Waits until batch @mine has ended and returns its result. The batch is normally committed
  * by a later member or by a begun transaction that ends without a statement; one that does
@@ -623,9 +664,13 @@ static int await_batch(struct gr_db *db, uint64_t mine)
 
     pthread_mutex_lock(&db->commit_mu);
     while (db->done < mine) {
-        int64_t dl = mono_ns() + BATCH_WAIT_MS * 1000000LL;
+        int64_t now = mono_ns();
+        int64_t dl = now + BATCH_WAIT_MS * 1000000LL;
+        int64_t lg = atomic_load(&db->batch_t0) + linger_ns(db);
         struct timespec ts;
 
+        if (db->batch == mine && lg > now && lg < dl)
+            dl = lg; /* a lingering batch is committed when its linger ends */
         ts.tv_sec = (time_t)(dl / 1000000000LL);
         ts.tv_nsec = (long)(dl % 1000000000LL);
         if (pthread_cond_timedwait(&db->commit_cv, &db->commit_mu, &ts) != ETIMEDOUT ||
@@ -634,7 +679,7 @@ static int await_batch(struct gr_db *db, uint64_t mine)
         pthread_mutex_unlock(&db->commit_mu);
         pthread_mutex_lock(&db->write_mu);
         if (db->batch == mine && db->batch_open) {
-            if (idle(db) || batch_age_ns(db) >= BATCH_WAIT_MS * 1000000LL) {
+            if ((idle(db) && !lingers(db)) || batch_age_ns(db) >= BATCH_WAIT_MS * 1000000LL) {
                 if (gr_db__lite_in_tx(db->writer))
                     (void)batch_commit(db);
                 else
@@ -677,7 +722,7 @@ static int member_end(struct gr_db_conn *c, bool joined, struct gr_db_waiter *w)
             batch_end(db, GR_EDB);
             rc = GR_EDB;
             ended = true;
-        } else if (idle(db) || db->members >= BATCH_MAX) {
+        } else if ((idle(db) && !lingers(db)) || db->members >= BATCH_MAX) {
             rc = batch_commit(db);
             ended = true;
         }
@@ -854,7 +899,8 @@ static void *watchdog(void *arg)
     pthread_mutex_lock(&db->commit_mu);
     while (!db->wd_stop) {
         uint64_t b = db->wd_batch;
-        int64_t dl = atomic_load(&db->batch_t0) + BATCH_WAIT_MS * 1000000LL;
+        int64_t dl = atomic_load(&db->batch_t0) +
+                     (db->opts.sqlite_sync_full ? linger_ns(db) : BATCH_WAIT_MS * 1000000LL);
         struct timespec ts;
 
         if (!db->wd_armed || db->done >= b) {

@@ -34,16 +34,18 @@ struct gr_db {
      * member returns from gr_db_commit only once its batch is durable.
      */
     pthread_mutex_t write_mu;
-    struct gr_db_conn *writer; /* guarded by write_mu */
-    bool batch_open;           /* writer is inside BEGIN IMMEDIATE; guarded by write_mu */
-    unsigned members;          /* members committed into the open batch; write_mu */
-    atomic_llong batch_t0;     /* monotonic ns when the open batch began */
-    atomic_uint waiting;       /* threads queued on write_mu */
-    atomic_uint pending;       /* transactions begun that have not run a statement yet */
-    pthread_mutex_t commit_mu; /* guards batch, done, done_rc */
-    pthread_cond_t commit_cv;  /* broadcast when a batch ends */
-    uint64_t batch;            /* id of the open (or next) batch, from 1 */
-    uint64_t done;             /* id of the last batch that ended */
+    struct gr_db_conn *writer;  /* guarded by write_mu */
+    bool batch_open;            /* writer is inside BEGIN IMMEDIATE; guarded by write_mu */
+    unsigned members;           /* members committed into the open batch; write_mu */
+    unsigned members_avg16;     /* moving average of members per batch, x16; write_mu */
+    atomic_llong commit_avg_ns; /* moving average of a batch's COMMIT (its fsync) */
+    atomic_llong batch_t0;      /* monotonic ns when the open batch began */
+    atomic_uint waiting;        /* threads queued on write_mu */
+    atomic_uint pending;        /* transactions begun that have not run a statement yet */
+    pthread_mutex_t commit_mu;  /* guards batch, done, done_rc */
+    pthread_cond_t commit_cv;   /* broadcast when a batch ends */
+    uint64_t batch;             /* id of the open (or next) batch, from 1 */
+    uint64_t done;              /* id of the last batch that ended */
     int done_rc[GR_DB__BATCH_RING];
     struct gr_db_waiter *waiters; /* deferred members of the open batch; write_mu */
     /* The watchdog thread commits a batch with deferred members that nobody ends within
