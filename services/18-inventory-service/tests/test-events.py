@@ -13,174 +13,18 @@ Starts 14-event-bus-service and 18-inventory-service (EVENT_BUS=http) on free po
 Every wait is for a condition with a deadline. Only the standard library is used.
 """
 
-import json
 import os
-import random
 import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 
-DEADLINE = 20.0
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                "tests", "lib"))
+import gravity_test as gt  # noqa: E402
+from gravity_test import fail, wait_for  # noqa: E402
+
 BIN = "18-inventory-service"
-
-
-def fail(msg):
-    print("FAIL: " + msg)
-    sys.exit(1)
-
-
-def wait_for(what, cond, deadline=DEADLINE):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Svc:
-    def __init__(self, build, name, tmp, env, binary=BIN):
-        self.bin = os.path.join(build, "bin", binary)
-        self.name = name
-        self.dir = os.path.join(tmp, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.env = env
-        self.port = None
-        self.proc = None
-        self.logpath = os.path.join(self.dir, "log")
-        self.log = open(self.logpath, "ab")
-
-    def start(self):
-        env = dict(self.env)
-        pf = os.path.join(self.dir, "port")
-        if os.path.exists(pf):
-            os.unlink(pf)
-        env.update({"PORT": "0", "GR_PORT_FILE": pf})
-        self.proc = subprocess.Popen([self.bin], env=env, stdout=self.log, stderr=self.log)
-        self.port = int(wait_for(self.name + " port file",
-                                 lambda: os.path.exists(pf) and open(pf).read().strip()))
-        wait_for(self.name + " /ready", lambda: self.req("GET", "/ready")[0] == 200)
-
-    def url(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    def req(self, method, path, body=None, token=None, headers=None, ctype="application/json"):
-        data = None if body is None else json.dumps(body).encode()
-        r = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=data,
-                                   method=method)
-        if data is not None:
-            r.add_header("Content-Type", ctype)
-        if token:
-            r.add_header("Authorization", "Bearer " + token)
-        for k, v in (headers or {}).items():
-            r.add_header(k, v)
-        try:
-            with urllib.request.urlopen(r, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, json.loads(raw) if raw else None
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return 0, None
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                fail("%s did not drain on SIGTERM" % self.name)
-            if rc != 0:
-                fail("%s exited with status %d" % (self.name, rc))
-        self.proc = None
-        self.log.close()
-        text = open(self.logpath, errors="replace").read()
-        for m in SANITIZER_MARKS:
-            if m in text:
-                fail("%s log has %s:\n%s" % (self.name, m, text[-4000:]))
-
-
-def mint(build, tmp):
-    tool = os.path.join(build, "bin", "gr-jwt")
-    key, jwks = os.path.join(tmp, "k.pem"), os.path.join(tmp, "jwks.json")
-    subprocess.run([tool, "keygen", "--alg", "ES256", "--kid", "t", "--key", key, "--jwks", jwks],
-                   check=True, stdout=subprocess.DEVNULL)
-    tok = subprocess.run([tool, "sign", "--key", key, "--alg", "ES256", "--kid", "t", "--sub",
-                          str(uuid.uuid4()), "--roles", "super_admin", "--ttl", "86400",
-                          "--perms", "*"], check=True, stdout=subprocess.PIPE)
-    return jwks, tok.stdout.decode().strip()
-
-
-class Db:
-    """Read-only SQL on the service's database (sqlite3 module, or psql)."""
-
-    def __init__(self, sqlite_path=None, pg_url=None):
-        self.sqlite_path, self.pg_url = sqlite_path, pg_url
-
-    def rows(self, sql):
-        if self.sqlite_path:
-            con = sqlite3.connect("file:%s?mode=ro" % self.sqlite_path, uri=True, timeout=30)
-            try:
-                return [tuple(str(c) for c in r) for r in con.execute(sql).fetchall()]
-            finally:
-                con.close()
-        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-d", self.pg_url,
-                              "-c", sql], check=True, stdout=subprocess.PIPE).stdout.decode()
-        return [tuple(line.split("\t")) for line in out.splitlines() if line]
-
-
-def parallel(n, fn):
-    """Runs fn(i) for i in 0..n-1 on n threads released together; returns the results."""
-    barrier = threading.Barrier(n)
-    res = [None] * n
-    errors = []
-
-    def run(i):
-        barrier.wait()
-        try:
-            res[i] = fn(i)
-        except BaseException as e:  # fail() in a thread raises SystemExit there
-            errors.append(repr(e))
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        fail("%d of %d clients failed: %s" % (len(errors), n, errors[:3]))
-    return res
-
-
-
-def pg_database(admin_url, name):
-    subprocess.run(["psql", "-X", "-q", "-d", admin_url, "-c", 'CREATE DATABASE "%s"' % name],
-                   check=True, stdout=subprocess.DEVNULL)
-    u = urllib.parse.urlsplit(admin_url)
-    return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
 
 
 def main():
@@ -190,7 +34,7 @@ def main():
     build = sys.argv[1]
     pg = sys.argv[2] if len(sys.argv) > 2 else None
     tmp = tempfile.mkdtemp(prefix="gr-inv-events-")
-    jwks, tok = mint(build, tmp)
+    jwks, tok = gt.mint(build, tmp, "super_admin", "*")
     base = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     base.update({"HOST": "127.0.0.1", "JWKS_URL": "file://" + jwks, "LOG_LEVEL": "info",
                  "CURSOR_SECRET": "t"})
@@ -200,31 +44,20 @@ def main():
     if pg:
         tag = uuid.uuid4().hex[:8]
         dbs = ["gr_bus_" + tag, "gr_inv_" + tag]
-        benv["DATABASE_URL"] = pg_database(pg, dbs[0])
-        ienv["DATABASE_URL"] = pg_database(pg, dbs[1])
-    bus = Svc(build, "bus", tmp, benv, "14-event-bus-service")
+        benv["DATABASE_URL"] = gt.pg_database(pg, dbs[0])
+        ienv["DATABASE_URL"] = gt.pg_database(pg, dbs[1])
+    bus = gt.Service(build, tmp, "bus", benv, "14-event-bus-service", data_dir=None)
     inv = None
     ok = False
     try:
         bus.start()
         ienv.update({"EVENT_BUS": "http", "EVENT_BUS_URL": bus.url(), "SERVICE_TOKEN": tok,
                      "INVENTORY_SWEEP_MS": "100"})
-        inv = Svc(build, "inv", tmp, ienv)
+        inv = gt.Service(build, tmp, "inv", ienv, BIN, data_dir=None)
         inv.start()
 
-        def publish(type_, subject, data):
-            ev = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/gravity/test",
-                  "type": type_, "subject": subject, "data": data}
-            st, body = bus.req("POST", "/api/v1/events", ev, tok,
-                               ctype="application/cloudevents+json")
-            if st not in (200, 201):
-                fail("publish %s: %s %s" % (type_, st, body))
-
-        def bus_events(type_, subject):
-            st, body = bus.req("GET", "/api/v1/events?type=%s&limit=100" % type_, token=tok)
-            if st != 200:
-                fail("list %s: %s" % (type_, st))
-            return [d["event"] for d in body["data"] if d["event"].get("subject") == subject]
+        bc = gt.BusClient(bus, tok)
+        publish, bus_events = bc.publish, bc.events
 
         def api(method, path, body=None):
             return inv.req(method, "/api/v1" + path, body, tok)
@@ -339,9 +172,7 @@ def main():
             inv.stop()
         bus.stop()
         for d in dbs:
-            subprocess.run(["psql", "-X", "-q", "-d", pg, "-c",
-                            'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % d],
-                           check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            gt.pg_drop(pg, d)
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

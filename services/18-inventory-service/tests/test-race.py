@@ -23,159 +23,17 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 
-DEADLINE = 20.0
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                "tests", "lib"))
+import gravity_test as gt  # noqa: E402
+from gravity_test import Db, fail, parallel, wait_for  # noqa: E402
+
 BIN = "18-inventory-service"
-
-
-def fail(msg):
-    print("FAIL: " + msg)
-    sys.exit(1)
-
-
-def wait_for(what, cond, deadline=DEADLINE):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Svc:
-    def __init__(self, build, name, tmp, env):
-        self.bin = os.path.join(build, "bin", BIN)
-        self.name = name
-        self.dir = os.path.join(tmp, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.env = env
-        self.port = None
-        self.proc = None
-        self.logpath = os.path.join(self.dir, "log")
-        self.log = open(self.logpath, "ab")
-
-    def start(self):
-        env = dict(self.env)
-        pf = os.path.join(self.dir, "port")
-        if os.path.exists(pf):
-            os.unlink(pf)
-        env.update({"PORT": "0", "GR_PORT_FILE": pf})
-        self.proc = subprocess.Popen([self.bin], env=env, stdout=self.log, stderr=self.log)
-        self.port = int(wait_for(self.name + " port file",
-                                 lambda: os.path.exists(pf) and open(pf).read().strip()))
-        wait_for(self.name + " /ready", lambda: self.req("GET", "/ready")[0] == 200)
-
-    def req(self, method, path, body=None, token=None, headers=None):
-        data = None if body is None else json.dumps(body).encode()
-        r = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=data,
-                                   method=method)
-        if data is not None:
-            r.add_header("Content-Type", "application/json")
-        if token:
-            r.add_header("Authorization", "Bearer " + token)
-        for k, v in (headers or {}).items():
-            r.add_header(k, v)
-        try:
-            with urllib.request.urlopen(r, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, json.loads(raw) if raw else None
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return 0, None
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                fail("%s did not drain on SIGTERM" % self.name)
-            if rc != 0:
-                fail("%s exited with status %d" % (self.name, rc))
-        self.proc = None
-        self.log.close()
-        text = open(self.logpath, errors="replace").read()
-        for m in SANITIZER_MARKS:
-            if m in text:
-                fail("%s log has %s:\n%s" % (self.name, m, text[-4000:]))
-
-
-def mint(build, tmp):
-    tool = os.path.join(build, "bin", "gr-jwt")
-    key, jwks = os.path.join(tmp, "k.pem"), os.path.join(tmp, "jwks.json")
-    subprocess.run([tool, "keygen", "--alg", "ES256", "--kid", "t", "--key", key, "--jwks", jwks],
-                   check=True, stdout=subprocess.DEVNULL)
-    tok = subprocess.run([tool, "sign", "--key", key, "--alg", "ES256", "--kid", "t", "--sub",
-                          str(uuid.uuid4()), "--roles", "service", "--ttl", "86400", "--perms",
-                          "inventory:write"], check=True, stdout=subprocess.PIPE)
-    return jwks, tok.stdout.decode().strip()
-
-
-class Db:
-    """Read-only SQL on the service's database (sqlite3 module, or psql)."""
-
-    def __init__(self, sqlite_path=None, pg_url=None):
-        self.sqlite_path, self.pg_url = sqlite_path, pg_url
-
-    def rows(self, sql):
-        if self.sqlite_path:
-            con = sqlite3.connect("file:%s?mode=ro" % self.sqlite_path, uri=True, timeout=30)
-            try:
-                return [tuple(str(c) for c in r) for r in con.execute(sql).fetchall()]
-            finally:
-                con.close()
-        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-d", self.pg_url,
-                              "-c", sql], check=True, stdout=subprocess.PIPE).stdout.decode()
-        return [tuple(line.split("\t")) for line in out.splitlines() if line]
-
-
-def parallel(n, fn):
-    """Runs fn(i) for i in 0..n-1 on n threads released together; returns the results."""
-    barrier = threading.Barrier(n)
-    res = [None] * n
-    errors = []
-
-    def run(i):
-        barrier.wait()
-        try:
-            res[i] = fn(i)
-        except BaseException as e:  # fail() in a thread raises SystemExit there
-            errors.append(repr(e))
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if errors:
-        fail("%d of %d clients failed: %s" % (len(errors), n, errors[:3]))
-    return res
 
 
 def main():
@@ -185,26 +43,24 @@ def main():
     build = sys.argv[1]
     pg = sys.argv[2] if len(sys.argv) > 2 else None
     tmp = tempfile.mkdtemp(prefix="gr-inv-race-")
-    jwks, tok = mint(build, tmp)
+    jwks, tok = gt.mint(build, tmp, "service", "inventory:write")
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update({"HOST": "127.0.0.1", "JWKS_URL": "file://" + jwks, "LOG_LEVEL": "warn",
                 "CURSOR_SECRET": "t", "INVENTORY_SWEEP_MS": "50",
-                "EVENT_BUS": "http", "EVENT_BUS_URL": "http://127.0.0.1:%d" % closed_port(),
+                "EVENT_BUS": "http", "EVENT_BUS_URL": "http://127.0.0.1:%d" % gt.free_port(),
                 "DATA_DIR": os.path.join(tmp, "data")})
     dbname = None
     if pg:
         dbname = "gr_inv_race_" + uuid.uuid4().hex[:8]
-        subprocess.run(["psql", "-X", "-q", "-d", pg, "-c", 'CREATE DATABASE "%s"' % dbname],
-                       check=True, stdout=subprocess.DEVNULL)
-        u = urllib.parse.urlsplit(pg)
-        url = urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + dbname, u.query, u.fragment))
+        url = gt.pg_database(pg, dbname)
         env["DATABASE_URL"] = url
         db = Db(pg_url=url)
     else:
         path = os.path.join(tmp, "data", "inventory.db")
         env["DATABASE_URL"] = "sqlite://" + path
         db = Db(sqlite_path=path)
-    a, b = Svc(build, "a", tmp, env), Svc(build, "b", tmp, env)
+    a = gt.Service(build, tmp, "a", env, BIN, data_dir=None)
+    b = gt.Service(build, tmp, "b", env, BIN, data_dir=None)
     ok = False
     try:
         a.start()
@@ -424,9 +280,7 @@ def main():
         a.stop()
         b.stop()
         if dbname:
-            subprocess.run(["psql", "-X", "-q", "-d", pg, "-c",
-                            'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % dbname],
-                           check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            gt.pg_drop(pg, dbname)
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -29,28 +29,19 @@ Every wait is for a condition with a deadline. Only the standard library is used
 import json
 import os
 import shutil
-import signal
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "doubles"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "doubles"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "tests", "lib"))
 from order_service_double import OrderServiceDouble  # noqa: E402
+import gravity_test as gt  # noqa: E402
+from gravity_test import fail, wait_for  # noqa: E402
 
-DEADLINE = 20.0
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
 passed = 0
-
-
-def fail(msg):
-    print("FAIL: " + msg)
-    raise SystemExit(1)
 
 
 def check(cond, msg):
@@ -60,125 +51,10 @@ def check(cond, msg):
     passed += 1
 
 
-def wait_for(what, cond, deadline=DEADLINE):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
-
-
-class Svc:
-    def __init__(self, build, tmp, name, binary, env):
-        self.name = name
-        self.bin = os.path.join(build, "bin", binary)
-        self.dir = os.path.join(tmp, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.env = env
-        self.proc = None
-        self.logpath = os.path.join(self.dir, "log")
-
-    def start(self):
-        pf = os.path.join(self.dir, "port")
-        env = dict(self.env, PORT="0", HOST="127.0.0.1", GR_PORT_FILE=pf,
-                   DATA_DIR=os.path.join(self.dir, "data"))
-        self.proc = subprocess.Popen([self.bin], env=env, stdout=open(self.logpath, "ab"),
-                                     stderr=subprocess.STDOUT)
-        port = wait_for(self.name + " port file",
-                        lambda: self.proc.poll() is None and os.path.exists(pf) and open(pf).read().strip()
-                        or (self.proc.poll() is not None and fail(self.name + " exited:\n" + self.log()[-3000:])))
-        self.base = "http://127.0.0.1:" + port
-        wait_for(self.name + " /ready", lambda: req(self.base, "GET", "/ready")[0] == 200)
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                fail(self.name + " did not drain")
-            if rc != 0:
-                fail("%s exited %s:\n%s" % (self.name, rc, self.log()[-3000:]))
-        self.proc = None
-
-    def log(self):
-        return open(self.logpath, errors="replace").read()
-
-
 def req(base, method, path, body=None, token=None, headers=None):
-    h = dict(headers or {})
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        h["Content-Type"] = "application/json"
-    if token:
-        h["Authorization"] = "Bearer " + token
-    r = urllib.request.Request(base + path, data=data, method=method, headers=h)
-    try:
-        with urllib.request.urlopen(r, timeout=30) as resp:
-            raw = resp.read()
-            return resp.status, (json.loads(raw) if raw else None), dict(resp.headers)
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, (json.loads(raw) if raw else None), dict(e.headers)
-        except ValueError:
-            return e.code, None, dict(e.headers)
-    except OSError:
-        return 0, None, {}
-
-
-class Tokens:
-    def __init__(self, build, tmp):
-        self.tool = os.path.join(build, "bin", "gr-jwt")
-        self.key = os.path.join(tmp, "key.pem")
-        self.jwks = os.path.join(tmp, "jwks.json")
-        subprocess.run([self.tool, "keygen", "--alg", "ES256", "--kid", "cart-test", "--key", self.key,
-                        "--jwks", self.jwks], check=True, capture_output=True)
-
-    def mint(self, sub, perms, roles):
-        out = subprocess.run([self.tool, "sign", "--key", self.key, "--kid", "cart-test", "--alg", "ES256",
-                              "--sub", sub, "--perms", ",".join(perms), "--roles", ",".join(roles),
-                              "--ttl", "3600"], check=True, capture_output=True, text=True)
-        return out.stdout.strip()
-
-
-class Db:
-    """Reads the cart-service's tables (SQLite file or PostgreSQL database)."""
-
-    def __init__(self, url):
-        self.url = url
-
-    def rows(self, sql):
-        if self.url.startswith("sqlite://"):
-            con = sqlite3.connect("file:%s?mode=ro" % self.url[len("sqlite://"):], uri=True)
-            try:
-                return [tuple(str(c) for c in r) for r in con.execute(sql).fetchall()]
-            finally:
-                con.close()
-        out = subprocess.run(["psql", "-X", "-A", "-t", "-F", "\t", self.url, "-c", sql],
-                             check=True, capture_output=True, text=True).stdout
-        return [tuple(l.split("\t")) for l in out.splitlines() if l]
-
-    def events(self, type_, subject=None):
-        q = "SELECT envelope FROM outbox WHERE type = '%s'" % type_
-        if subject:
-            q += " AND subject = '%s'" % subject
-        return [json.loads(r[0]) for r in self.rows(q)]
-
-
-def new_pg_db(pg_url, name):
-    subprocess.run(["psql", "-X", pg_url, "-c", "CREATE DATABASE " + name], check=True, capture_output=True)
-    return pg_url.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_pg_db(pg_url, name):
-    subprocess.run(["psql", "-X", pg_url, "-c", "DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"],
-                   capture_output=True)
+    """(status, body, headers) of a request to base + path (gt.request)."""
+    st, h, b = gt.request(base + path, method, body, token, headers)
+    return st, b, h
 
 
 def main():
@@ -192,40 +68,31 @@ def main():
         run(build, pg_url, tmp, svcs, pgdbs, order)
     finally:
         for s in reversed(svcs):
-            try:
-                s.stop()
-            except SystemExit:
-                raise
-        for s in svcs:
-            text = s.log()
-            for m in SANITIZER_MARKS:
-                if m in text:
-                    print("FAIL: %s log holds %s" % (s.name, m))
-                    sys.exit(1)
+            s.stop()  # fails on a status other than 0 or a sanitizer report in the log
         order.close()
         for name in pgdbs:
-            drop_pg_db(pg_url, name)
+            gt.pg_drop(pg_url, name)
         shutil.rmtree(tmp, ignore_errors=True)
     print("%d passed, 0 failed" % passed)
 
 
 def run(build, pg_url, tmp, svcs, pgdbs, order):
-    tk = Tokens(build, tmp)
-    admin = tk.mint(str(uuid.uuid4()), ["*"], ["super_admin"])
+    tk = gt.Minter(build, tmp, kid="cart-test")
+    admin = tk.token(str(uuid.uuid4()), ["*"], ["super_admin"], ttl=3600)
     alice_sub, bob_sub = str(uuid.uuid4()), str(uuid.uuid4())
-    alice = tk.mint(alice_sub, [], ["customer"])
-    bob = tk.mint(bob_sub, [], ["customer"])
-    service = tk.mint("cart-service", ["products:read", "coupons:read"], ["service"])
+    alice = tk.token(alice_sub, [], ["customer"], ttl=3600)
+    bob = tk.token(bob_sub, [], ["customer"], ttl=3600)
+    service = tk.token("cart-service", ["products:read", "coupons:read"], ["service"], ttl=3600)
     base_env = dict(os.environ, JWKS_URL="file://" + tk.jwks, LOG_LEVEL="info", CURSOR_SECRET="test",
                     EVENT_BUS_URL="http://127.0.0.1:1", JWT_ISSUER="gravity", JWT_AUDIENCE="gravity")
     for k in ("SERVICE_TOKEN", "DATABASE_URL", "SERVICE_CLIENT_ID", "SERVICE_CLIENT_SECRET"):
         base_env.pop(k, None)
 
-    prod = Svc(build, tmp, "product", "17-product-service", base_env).start()
+    prod = gt.Service(build, tmp, "product", binary="17-product-service", env=base_env).start()
     svcs.append(prod)
     disc = None
     if os.access(os.path.join(build, "bin", "22-discount-service"), os.X_OK):
-        disc = Svc(build, tmp, "discount", "22-discount-service", base_env).start()
+        disc = gt.Service(build, tmp, "discount", binary="22-discount-service", env=base_env).start()
         svcs.append(disc)
     else:
         print("note: no 22-discount-service binary; the coupon preview is checked as unavailable")
@@ -234,18 +101,18 @@ def run(build, pg_url, tmp, svcs, pgdbs, order):
         if pg_url:
             db = "cart_t_%s_%s" % (name, uuid.uuid4().hex[:10])
             pgdbs.append(db)
-            return new_pg_db(pg_url, db)
+            return gt.pg_database(pg_url, db)
         d = os.path.join(tmp, name + "-db")
         os.makedirs(d, exist_ok=True)
         return "sqlite://" + d + "/cart.db"
 
     url1 = cart_db("main")
-    cart = Svc(build, tmp, "cart", "19-cart-service", dict(
+    cart = gt.Service(build, tmp, "cart", binary="19-cart-service", env=dict(
         base_env, DATABASE_URL=url1, SERVICE_TOKEN=service, PRODUCT_URL=prod.base,
         DISCOUNT_URL=disc.base if disc else "http://127.0.0.1:1", ORDER_URL=order.url,
         CART_UPSTREAM_TIMEOUT_MS="3000")).start()
     svcs.append(cart)
-    db = Db(url1)
+    db = gt.Db.from_url(url1)
     C = cart.base
 
     # ---- catalogue at 17 ----
@@ -444,12 +311,12 @@ def run(build, pg_url, tmp, svcs, pgdbs, order):
 
     # ---- 6. the sweeper ----
     url2 = cart_db("sweep")
-    cart2 = Svc(build, tmp, "cart-sweep", "19-cart-service", dict(
+    cart2 = gt.Service(build, tmp, "cart-sweep", binary="19-cart-service", env=dict(
         base_env, DATABASE_URL=url2, SERVICE_TOKEN=service, PRODUCT_URL=prod.base,
         DISCOUNT_URL="off", ORDER_URL=order.url, CART_ABANDON_AFTER_S="1",
         CART_SWEEP_INTERVAL_MS="100")).start()
     svcs.append(cart2)
-    db2 = Db(url2)
+    db2 = gt.Db.from_url(url2)
     st, full, _ = req(cart2.base, "POST", "/api/v1/carts", {})
     ft = {"X-Cart-Token": full["cart_token"]}
     st, _, _ = req(cart2.base, "POST", "/api/v1/carts/%s/items" % full["id"], {"variant_id": va, "quantity": 1},
@@ -480,10 +347,10 @@ def run(build, pg_url, tmp, svcs, pgdbs, order):
           "a write makes an abandoned cart active again: %s" % c)
 
     for s in (cart, cart2):
-        check("Bearer " not in s.log() and alice not in s.log() and service not in s.log(),
+        check("Bearer " not in s.log_text() and alice not in s.log_text() and service not in s.log_text(),
               "no token in %s's log" % s.name)
         for tok_ in (ac["cart_token"], full["cart_token"]):
-            check(tok_ not in s.log(), "no cart token in the log")
+            check(tok_ not in s.log_text(), "no cart token in the log")
 
 
 if __name__ == "__main__":

@@ -13,120 +13,16 @@ Starts 14-event-bus-service and 22-discount-service (EVENT_BUS=http) on free por
 Every wait is for a condition with a deadline. Only the standard library is used.
 """
 
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 
-DEADLINE = 20.0
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
-
-
-def fail(msg):
-    print("FAIL: " + msg)
-    sys.exit(1)
-
-
-def wait_for(what, cond, deadline=DEADLINE):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
-
-
-class Svc:
-    def __init__(self, build, name, tmp, env):
-        self.bin = os.path.join(build, "bin", name)
-        self.dir = os.path.join(tmp, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.env = env
-        self.port = None
-        self.proc = None
-        self.name = name
-        self.log = open(os.path.join(self.dir, "log"), "ab")
-
-    def start(self, extra=None):
-        env = dict(self.env)
-        env.update(extra or {})
-        pf = os.path.join(self.dir, "port")
-        if os.path.exists(pf):
-            os.unlink(pf)
-        env.update({"PORT": "0", "GR_PORT_FILE": pf, "DATA_DIR": os.path.join(self.dir, "data")})
-        self.proc = subprocess.Popen([self.bin], env=env, stdout=self.log, stderr=self.log)
-        self.port = int(wait_for(self.name + " port file",
-                                 lambda: os.path.exists(pf) and open(pf).read().strip()))
-        wait_for(self.name + " /ready", lambda: self.req("GET", "/ready")[0] == 200)
-
-    def req(self, method, path, body=None, token=None, ctype="application/json"):
-        data = None if body is None else json.dumps(body).encode()
-        r = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=data,
-                                   method=method)
-        if data is not None:
-            r.add_header("Content-Type", ctype)
-        if token:
-            r.add_header("Authorization", "Bearer " + token)
-        try:
-            with urllib.request.urlopen(r, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, json.loads(raw) if raw else None
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return 0, None
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                fail("%s did not drain on SIGTERM" % self.name)
-            if rc != 0:
-                fail("%s exited with status %d" % (self.name, rc))
-        self.proc = None
-
-
-class Minter:
-    """One ES256 key and JWKS; tokens through build/bin/gr-jwt."""
-
-    def __init__(self, build, tmp):
-        self.tool = os.path.join(build, "bin", "gr-jwt")
-        self.key = os.path.join(tmp, "k.pem")
-        self.jwks = os.path.join(tmp, "jwks.json")
-        subprocess.run([self.tool, "keygen", "--alg", "ES256", "--kid", "t", "--key", self.key,
-                        "--jwks", self.jwks], check=True, stdout=subprocess.DEVNULL)
-
-    def token(self, sub, perms, roles):
-        args = [self.tool, "sign", "--key", self.key, "--alg", "ES256", "--kid", "t", "--sub",
-                sub, "--roles", roles, "--ttl", "86400", "--perms", perms]
-        return subprocess.run(args, check=True, stdout=subprocess.PIPE).stdout.decode().strip()
-
-
-def pg_database(admin_url, name):
-    subprocess.run(["psql", "-X", "-q", "-d", admin_url, "-c", 'CREATE DATABASE "%s"' % name],
-                   check=True, stdout=subprocess.DEVNULL)
-    u = urllib.parse.urlsplit(admin_url)
-    return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
-
-
-def pg_drop(admin_url, name):
-    subprocess.run(["psql", "-X", "-q", "-d", admin_url, "-c",
-                    'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name],
-                   check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                "tests", "lib"))
+import gravity_test as gt  # noqa: E402
+from gravity_test import Minter, fail, pg_database, pg_drop, wait_for  # noqa: E402
 
 
 def main():
@@ -148,28 +44,20 @@ def main():
         dbs = ["gr_bus_" + tag, "gr_disc_" + tag]
         benv["DATABASE_URL"] = pg_database(pg, dbs[0])
         denv["DATABASE_URL"] = pg_database(pg, dbs[1])
-    bus = Svc(build, "14-event-bus-service", tmp, benv)
+    bus = gt.Service(build, tmp, "14-event-bus-service", benv)
     bus.start()
     denv.update({"EVENT_BUS": "http", "EVENT_BUS_URL": "http://127.0.0.1:%d" % bus.port,
                  "SERVICE_TOKEN": admin})
-    disc = Svc(build, "22-discount-service", tmp, denv)
+    disc = gt.Service(build, tmp, "22-discount-service", denv)
     disc.start()
     line = [{"product_id": str(uuid.uuid4()), "quantity": 2,
              "unit_price": {"amount": 1250, "currency": "usd"}}]
 
-    def publish(type_, subject, data, event_id=None):
-        ev = {"specversion": "1.0", "id": event_id or str(uuid.uuid4()),
-              "source": "/gravity/order-service", "type": type_, "subject": subject, "data": data}
-        st, b = bus.req("POST", "/api/v1/events", ev, admin, "application/cloudevents+json")
-        if st not in (200, 201):
-            fail("publish %s: %s %s" % (type_, st, b))
-        return ev["id"]
+    bc = gt.BusClient(bus, admin)
+    bus_events = bc.events
 
-    def bus_events(type_, subject):
-        st, b = bus.req("GET", "/api/v1/events?type=%s&limit=100" % type_, token=admin)
-        if st != 200:
-            fail("list %s: %s" % (type_, st))
-        return [d["event"] for d in b["data"] if d["event"].get("subject") == subject]
+    def publish(type_, subject, data, event_id=None):
+        return bc.publish(type_, subject, data, "/gravity/order-service", event_id)
 
     def reserve(code, order):
         st, r = disc.req("POST", "/api/v1/coupon-redemptions",
@@ -248,11 +136,7 @@ def main():
         bus.stop()
         for d in dbs:
             pg_drop(pg, d)
-    for svc in (disc, bus):
-        svc.log.close()
-        text = open(os.path.join(svc.dir, "log"), errors="replace").read()
-        if any(m in text for m in SANITIZER_MARKS):
-            fail("%s: sanitizer report in its log (%s)" % (svc.name, svc.dir))
+    # stop() failed on a sanitizer report in either log
     shutil.rmtree(tmp, ignore_errors=True)
     print("all discount-service event checks passed")
     return 0

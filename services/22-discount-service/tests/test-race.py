@@ -16,139 +16,18 @@ Starts 22-discount-service on a free port and checks:
 Every wait is for a condition with a deadline. Only the standard library is used.
 """
 
-import json
 import os
 import shutil
-import signal
-import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 
-DEADLINE = 20.0
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                "tests", "lib"))
+import gravity_test as gt  # noqa: E402
+from gravity_test import Minter, fail, parallel, pg_database, pg_drop, wait_for  # noqa: E402
+
 BIN = "22-discount-service"
-
-
-def fail(msg):
-    print("FAIL: " + msg)
-    sys.exit(1)
-
-
-def wait_for(what, cond, deadline=DEADLINE):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
-
-
-class Svc:
-    def __init__(self, build, tmp, env):
-        self.bin = os.path.join(build, "bin", BIN)
-        self.dir = os.path.join(tmp, BIN)
-        os.makedirs(self.dir, exist_ok=True)
-        self.env = env
-        self.port = None
-        self.proc = None
-        self.log = open(os.path.join(self.dir, "log"), "ab")
-
-    def start(self, extra=None):
-        env = dict(self.env)
-        env.update(extra or {})
-        pf = os.path.join(self.dir, "port")
-        if os.path.exists(pf):
-            os.unlink(pf)
-        env.update({"PORT": "0", "GR_PORT_FILE": pf, "DATA_DIR": os.path.join(self.dir, "data")})
-        self.proc = subprocess.Popen([self.bin], env=env, stdout=self.log, stderr=self.log)
-        self.port = int(wait_for("port file",
-                                 lambda: os.path.exists(pf) and open(pf).read().strip()))
-        wait_for("/ready", lambda: self.req("GET", "/ready")[0] == 200)
-
-    def req(self, method, path, body=None, token=None):
-        data = None if body is None else json.dumps(body).encode()
-        r = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=data,
-                                   method=method)
-        if data is not None:
-            r.add_header("Content-Type", "application/json")
-        if token:
-            r.add_header("Authorization", "Bearer " + token)
-        try:
-            with urllib.request.urlopen(r, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, json.loads(raw) if raw else None
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return 0, None
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                fail("the service did not drain on SIGTERM")
-            if rc != 0:
-                fail("the service exited with status %d" % rc)
-        self.proc = None
-
-
-class Minter:
-    """One ES256 key and JWKS; tokens through build/bin/gr-jwt."""
-
-    def __init__(self, build, tmp):
-        self.tool = os.path.join(build, "bin", "gr-jwt")
-        self.key = os.path.join(tmp, "k.pem")
-        self.jwks = os.path.join(tmp, "jwks.json")
-        subprocess.run([self.tool, "keygen", "--alg", "ES256", "--kid", "t", "--key", self.key,
-                        "--jwks", self.jwks], check=True, stdout=subprocess.DEVNULL)
-
-    def token(self, sub, perms, roles):
-        args = [self.tool, "sign", "--key", self.key, "--alg", "ES256", "--kid", "t", "--sub",
-                sub, "--roles", roles, "--ttl", "86400", "--perms", perms]
-        return subprocess.run(args, check=True, stdout=subprocess.PIPE).stdout.decode().strip()
-
-
-def pg_database(admin_url, name):
-    subprocess.run(["psql", "-X", "-q", "-d", admin_url, "-c", 'CREATE DATABASE "%s"' % name],
-                   check=True, stdout=subprocess.DEVNULL)
-    u = urllib.parse.urlsplit(admin_url)
-    return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
-
-
-def pg_drop(admin_url, name):
-    subprocess.run(["psql", "-X", "-q", "-d", admin_url, "-c",
-                    'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name],
-                   check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def parallel(n, fn):
-    """Runs fn(i) for i in 0..n-1 on n threads released together; returns the results."""
-    barrier = threading.Barrier(n)
-    out = [None] * n
-
-    def run(i):
-        barrier.wait()
-        out[i] = fn(i)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 def main():
@@ -171,7 +50,7 @@ def main():
         env["DATABASE_URL"] = pg_database(pg, db)
     else:
         env["DATABASE_URL"] = "sqlite://" + os.path.join(tmp, "discount.db")
-    svc = Svc(build, tmp, env)
+    svc = gt.Service(build, tmp, BIN, env)
     svc.start({"DISCOUNT_RESERVATION_TTL_S": "3600"})
     line = [{"product_id": str(uuid.uuid4()), "quantity": 1,
              "unit_price": {"amount": 1000, "currency": "usd"}}]
@@ -282,22 +161,15 @@ def main():
         print("ok: expired reservations free their slots and read as released (expired)")
     finally:
         svc.stop()
-        if pg:
-            outbox = subprocess.run(["psql", "-X", "-qAt", "-d", env["DATABASE_URL"], "-c",
-                                     "SELECT count(*) FROM outbox WHERE type = 'coupon.released'"],
-                                    stdout=subprocess.PIPE, check=False).stdout.decode().strip()
-            pg_drop(pg, db)
-        else:
-            con = sqlite3.connect("file:%s?mode=ro" % os.path.join(tmp, "discount.db"), uri=True)
-            outbox = str(con.execute(
-                "SELECT count(*) FROM outbox WHERE type = 'coupon.released'").fetchone()[0])
-            con.close()
+        try:
+            outbox = gt.Db.from_url(env["DATABASE_URL"]).rows(
+                "SELECT count(*) FROM outbox WHERE type = 'coupon.released'")[0][0]
+        finally:
+            if pg:
+                pg_drop(pg, db)
     if outbox != str(expect_released):
         fail("coupon.released events in the outbox: %s, expected %d" % (outbox, expect_released))
-    svc.log.close()
-    text = open(os.path.join(svc.dir, "log"), errors="replace").read()
-    if any(m in text for m in SANITIZER_MARKS):
-        fail("sanitizer report in the log (%s)" % svc.dir)
+    # svc.stop() failed on a sanitizer report in the log
     shutil.rmtree(tmp, ignore_errors=True)
     print("all discount-service race checks passed")
     return 0

@@ -15,28 +15,19 @@ no PRODUCT_URL, then checks:
 Every wait is for a condition with a deadline; service logs must hold no sanitizer report.
 Only the standard library is used.
 """
-import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 
-DEADLINE = 20.0
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..",
+                                "tests", "lib"))
+import gravity_test as gt  # noqa: E402
+from gravity_test import fail, wait_for  # noqa: E402
+
 passed = 0
-
-
-def fail(msg):
-    print("FAIL: " + msg)
-    raise SystemExit(1)
 
 
 def check(cond, msg):
@@ -46,100 +37,10 @@ def check(cond, msg):
     passed += 1
 
 
-def wait_for(what, cond, deadline=DEADLINE):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
-
-
 def req(base, method, path, body=None, token=None, headers=None, raw=False):
-    h = dict(headers or {})
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        h["Content-Type"] = "application/json"
-    if token:
-        h["Authorization"] = "Bearer " + token
-    r = urllib.request.Request(base + path, data=data, method=method, headers=h)
-    try:
-        with urllib.request.urlopen(r, timeout=30) as resp:
-            b = resp.read()
-            return resp.status, (b.decode() if raw else (json.loads(b) if b else None))
-    except urllib.error.HTTPError as e:
-        b = e.read()
-        try:
-            return e.code, (json.loads(b) if b else None)
-        except ValueError:
-            return e.code, None
-    except OSError:
-        return 0, None
-
-
-class Svc:
-    def __init__(self, build, tmp, name, binary, env):
-        self.name = name
-        self.bin = os.path.join(build, "bin", binary)
-        self.dir = os.path.join(tmp, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.env = env
-        self.proc = None
-        self.logpath = os.path.join(self.dir, "log")
-
-    def start(self):
-        pf = os.path.join(self.dir, "port")
-        env = dict(self.env, PORT="0", HOST="127.0.0.1", GR_PORT_FILE=pf,
-                   DATA_DIR=os.path.join(self.dir, "data"))
-        self.proc = subprocess.Popen([self.bin], env=env, stdout=open(self.logpath, "ab"),
-                                     stderr=subprocess.STDOUT)
-        port = wait_for(self.name + " port file",
-                        lambda: self.proc.poll() is None and os.path.exists(pf) and open(pf).read().strip()
-                        or (self.proc.poll() is not None and fail(self.name + " exited:\n" + self.log()[-3000:])))
-        self.port = int(port)
-        self.base = "http://127.0.0.1:" + port
-        wait_for(self.name + " /ready", lambda: req(self.base, "GET", "/ready")[0] == 200)
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                fail(self.name + " did not drain")
-            if rc != 0:
-                fail("%s exited %s:\n%s" % (self.name, rc, self.log()[-3000:]))
-        self.proc = None
-
-    def log(self):
-        return open(self.logpath, errors="replace").read()
-
-
-class Tokens:
-    def __init__(self, build, tmp):
-        self.tool = os.path.join(build, "bin", "gr-jwt")
-        self.key = os.path.join(tmp, "key.pem")
-        self.jwks = os.path.join(tmp, "jwks.json")
-        subprocess.run([self.tool, "keygen", "--alg", "ES256", "--kid", "client-test", "--key", self.key,
-                        "--jwks", self.jwks], check=True, capture_output=True)
-
-    def mint(self, sub, perms, roles):
-        out = subprocess.run([self.tool, "sign", "--key", self.key, "--kid", "client-test", "--alg", "ES256",
-                              "--sub", sub, "--perms", ",".join(perms), "--roles", ",".join(roles),
-                              "--ttl", "3600"], check=True, capture_output=True, text=True)
-        return out.stdout.strip()
-
-
-def dead_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """(status, body) of a request to base + path (gt.request)."""
+    st, _, b = gt.request(base + path, method, body, token, headers, raw=raw)
+    return st, b
 
 
 def metric(text, name, labels):
@@ -161,39 +62,33 @@ def main():
         run(build, tmp, svcs)
     finally:
         for s in reversed(svcs):
-            s.stop()
-        for s in svcs:
-            text = s.log()
-            for m in SANITIZER_MARKS:
-                if m in text:
-                    print("FAIL: %s log holds %s" % (s.name, m))
-                    sys.exit(1)
+            s.stop()  # fails on a status other than 0 or a sanitizer report in the log
         shutil.rmtree(tmp, ignore_errors=True)
     print("%d passed, 0 failed" % passed)
 
 
 def run(build, tmp, svcs):
-    tk = Tokens(build, tmp)
-    admin = tk.mint(str(uuid.uuid4()), ["*"], ["super_admin"])
+    tk = gt.Minter(build, tmp, kid="client-test")
+    admin = tk.token(str(uuid.uuid4()), ["*"], ["super_admin"], ttl=3600)
     env = dict(os.environ, JWKS_URL="file://" + tk.jwks, LOG_LEVEL="info", CURSOR_SECRET="test",
                EVENT_BUS_URL="http://127.0.0.1:1", JWT_ISSUER="gravity", JWT_AUDIENCE="gravity")
     for k in ("SERVICE_TOKEN", "DATABASE_URL", "SERVICE_CLIENT_ID", "SERVICE_CLIENT_SECRET",
               "DISCOVERY_URL", "PRODUCT_URL", "DISCOUNT_URL", "ORDER_URL", "REDIS_URL"):
         env.pop(k, None)
-    reg = Svc(build, tmp, "registry", "02-service-discovery", env).start()
+    reg = gt.Service(build, tmp, "registry", binary="02-service-discovery", env=env).start()
     svcs.append(reg)
     R = reg.base + "/api/v1/registry"
 
     # A product-service instance that refuses connections, listed as passing.
     st, b = req(R, "POST", "/instances", {"service": "product-service", "address": "127.0.0.1",
-                                          "port": dead_port(),
+                                          "port": gt.free_port(),
                                           "check": {"kind": "ttl", "ttl_s": 300, "deregister_after_s": 600}},
                 admin)
     check(st == 201, "register a dead instance: %s %s" % (st, b))
 
-    prod_tok = tk.mint("product-service", ["registry:write"], ["service"])
-    prod = Svc(build, tmp, "product", "17-product-service",
-               dict(env, DISCOVERY_URL=reg.base, SERVICE_TOKEN=prod_tok)).start()
+    prod_tok = tk.token("product-service", ["registry:write"], ["service"], ttl=3600)
+    prod = gt.Service(build, tmp, "product", binary="17-product-service",
+                      env=dict(env, DISCOVERY_URL=reg.base, SERVICE_TOKEN=prod_tok)).start()
     svcs.append(prod)
 
     def listed():
@@ -203,11 +98,11 @@ def run(build, tmp, svcs):
     ports = wait_for("17 registered", lambda: (lambda p: p if p and prod.port in p and len(p) == 2 else None)(listed()))
     check(len(ports) == 2, "02 lists the dead instance and 17: %s" % ports)
 
-    cart_tok = tk.mint("cart-service", ["products:read", "registry:write"], ["service"])
-    cart = Svc(build, tmp, "cart", "19-cart-service",
-               dict(env, DISCOVERY_URL=reg.base, SERVICE_TOKEN=cart_tok, DISCOUNT_URL="off",
-                    ORDER_URL="http://127.0.0.1:1",
-                    DATABASE_URL="sqlite://" + os.path.join(tmp, "cart.db"))).start()
+    cart_tok = tk.token("cart-service", ["products:read", "registry:write"], ["service"], ttl=3600)
+    cart = gt.Service(build, tmp, "cart", binary="19-cart-service",
+                      env=dict(env, DISCOVERY_URL=reg.base, SERVICE_TOKEN=cart_tok,
+                               DISCOUNT_URL="off", ORDER_URL="http://127.0.0.1:1",
+                               DATABASE_URL="sqlite://" + os.path.join(tmp, "cart.db"))).start()
     svcs.append(cart)
 
     u = uuid.uuid4().hex[:8]
@@ -235,10 +130,10 @@ def run(build, tmp, svcs):
     st, _ = req(cart.base, "POST", "/api/v1/carts/%s/items" % c["id"], {"variant_id": va, "quantity": 1},
                 headers=dict(th, **{"X-Request-Id": rid}))
     check(st == 201, "one more add")
-    plog = prod.log()
+    plog = prod.log_text()
     check(plog.count("/api/v1/products/variants") >= 21 and rid in plog,
           "17 served the prices, the request id passed on")
-    check("/api/v1/registry/services/product-service/instances" in reg.log(), "cart asked 02")
+    check("/api/v1/registry/services/product-service/instances" in reg.log_text(), "cart asked 02")
 
     # 2. metrics
     st, text = req(cart.base, "GET", "/metrics", raw=True)
@@ -248,10 +143,11 @@ def run(build, tmp, svcs):
     check(ok >= 21 and bad == 0, "upstream_requests_total 2xx=%s unavailable=%s" % (ok, bad))
 
     # 3. PRODUCT_URL wins over the registry.
-    cart2 = Svc(build, tmp, "cart2", "19-cart-service",
-                dict(env, DISCOVERY_URL=reg.base, SERVICE_TOKEN=cart_tok, DISCOUNT_URL="off",
-                     ORDER_URL="http://127.0.0.1:1", PRODUCT_URL="http://127.0.0.1:%d" % dead_port(),
-                     DATABASE_URL="sqlite://" + os.path.join(tmp, "cart2.db"))).start()
+    cart2 = gt.Service(build, tmp, "cart2", binary="19-cart-service",
+                       env=dict(env, DISCOVERY_URL=reg.base, SERVICE_TOKEN=cart_tok,
+                                DISCOUNT_URL="off", ORDER_URL="http://127.0.0.1:1",
+                                PRODUCT_URL="http://127.0.0.1:%d" % gt.free_port(),
+                                DATABASE_URL="sqlite://" + os.path.join(tmp, "cart2.db"))).start()
     svcs.append(cart2)
     st, c2 = req(cart2.base, "POST", "/api/v1/carts", {})
     st, e = req(cart2.base, "POST", "/api/v1/carts/%s/items" % c2["id"], {"variant_id": va, "quantity": 1},
