@@ -124,6 +124,12 @@ for engine in sqlite pg; do
             services/16-order-service/tests/test-saga.py "$B" ${url:+"$url"}
         run "16-order-service events through 14 ($engine)" "$PY" \
             services/16-order-service/tests/test-events.py "$B" ${url:+"$url"}
+        # The short chaos variant (make chaos runs 200 kills). CHECKOUT_CHAOS_ENGINES (default
+        # both): scripts/test.sh runs it on SQLite in the gcc pass, on PostgreSQL in the ASan pass.
+        if [[ " ${CHECKOUT_CHAOS_ENGINES-sqlite pg} " == *" $engine "* ]]; then
+            run "checkout saga kill -9 chaos: 10 kills during 40 checkouts ($engine)" "$PY" \
+                tests/chaos/checkout-chaos.py "$B" --kills 10 --orders 40 ${url:+--pg-url "$url"}
+        fi
     fi
     if [ -x "$B/bin/16-order-service" ] && [ -x "$B/bin/19-cart-service" ]; then
         run "checkout end to end through the gateway: register, cart, coupon, CONFIRMED, cancel, refund, events ($engine)" \

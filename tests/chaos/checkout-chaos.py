@@ -3,7 +3,11 @@
 0 oversold, 0 charged twice, stock conserved.
 
   checkout-chaos.py BUILD_DIR [--pg-url URL] [--kills N] [--orders N] [--seed S]
-                    [--clients C] [--gap SECONDS] [--settle SECONDS] [--keep]
+                    [--clients C] [--gap SECONDS] [--settle SECONDS] [--converge SECONDS]
+                    [--reservation-ttl SECONDS] [--log-level L] [--keep]
+
+Defaults are the short variant of `make test` (20 kills, 60 orders, about 40-95 s per engine);
+`make chaos` runs --kills 200 --orders 600 (tests/chaos/run-checkout-chaos.sh).
 
 Starts 14-event-bus-service, 17-product-service, 18-inventory-service, 21-invoice-service,
 22-discount-service, 15-payment-service (PAYMENT_PROVIDER=stripe against the Stripe test double
@@ -15,11 +19,15 @@ publishing and consuming through 14 (EVENT_BUS=http). SQLite files in a temp dir
 Seeds four products (two of them with little stock, one spread over two warehouses), a US tax
 rate, and a 10 % coupon with max_redemptions. Then C client threads send ORDERS checkouts on a
 schedule spread over the kill window (Idempotency-Key per order; a connection error, a 5xx or
-409 idempotency_in_flight is retried with the same key and body, as a real client does; a
-201 PENDING is an answer), some with the coupon, some with a declined card, while a killer
-thread kill -9's a random participant (weights: 16 ×4, 18 ×3, 15 ×3, 22 ×3, 17, 21, 14 ×1) at
-random moments (mean gap --gap) and restarts it after a short random pause (same database, same
-port). Kills and orders both end when their count is reached. Then it waits (deadline --settle)
+409 idempotency_in_flight is retried with the same key and body, with capped backoff, as a real
+client does; a 201 PENDING is an answer), 40 % with the coupon, 8 % with a declined card, and
+about 12 % of them cancelled by their customer right after the answer (refund and release),
+while a killer thread kill -9's a random participant (weights: 16 ×4, 18 ×3, 15 ×3, 22 ×3, 17,
+21, 14 ×1) at random moments (mean gap --gap; it aims at a moment when a client request is in
+flight when one comes within a gap) and restarts it after a short random pause (same database,
+same port). Kills and orders both end when their count is reached. Note: a kill of 16 during a
+POST leaves gr's Idempotency-Key record pending until gr abandons it (GR_IDEM_ABANDON_MS,
+60 s), so that client's retries get 409 for up to a minute. Then it waits (deadline --settle)
 until every order is CONFIRMED or CANCELLED and every saga done, and checks, reading each
 service's database and API:
 
@@ -261,6 +269,14 @@ def load_double():
     return mod
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client (15) killed mid-request resets its connection: not worth a traceback."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class StripeDouble:
     """tests/doubles/stripe/stripe_double.py served from a thread of this process."""
 
@@ -270,7 +286,7 @@ class StripeDouble:
                                   webhook_secret="whsec_double", port_file="")
         self.st = mod.State(args)
         handler = type("ChaosHandler", (mod.Handler,), {"st": self.st})
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.srv = QuietServer(("127.0.0.1", 0), handler)
         self.srv.daemon_threads = True
         self.port = self.srv.server_address[1]
         self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
@@ -291,8 +307,9 @@ class StripeDouble:
 
 
 class Stack:
-    def __init__(self, build, tmp, pg_url, log_level):
+    def __init__(self, build, tmp, pg_url, log_level, order_env):
         self.build, self.tmp, self.pg_url = build, tmp, pg_url
+        self.order_env = order_env
         self.dbs = []
         self.svcs = {}
         self.mint = Minter(build, tmp)
@@ -348,7 +365,8 @@ class Stack:
             on_bus, SERVICE_TOKEN=self.service, PRODUCT_URL=s[PROD].url(),
             INVENTORY_URL=s[INV].url(), TAX_URL=s[TAX].url(), DISCOUNT_URL=s[DISC].url(),
             PAYMENT_URL=s[PAY].url(), ORDER_SAGA_LEASE_MS="1500",
-            ORDER_RESUME_INTERVAL_MS="100", ORDER_CALL_TIMEOUT_MS="3000")))
+            ORDER_RESUME_INTERVAL_MS="100", ORDER_CALL_TIMEOUT_MS="3000",
+            **self.order_env)))
         s[ORDER] = order
         order.start()
 
@@ -409,7 +427,7 @@ def seed(stack, n_orders):
                        token=admin, key="tax-" + u)
     if st != 201:
         raise Fail("seed tax rate: %s %s" % (st, t))
-    max_red = max(2, n_orders // 8)
+    max_red = max(2, n_orders // 4)
     st, c = s[DISC].req("POST", "/api/v1/coupons", {
         "code": "CHAOS10-" + u, "kind": "percent", "percent_off_bp": 1000,
         "max_redemptions": max_red}, token=admin, key="cp-" + u)
@@ -427,6 +445,7 @@ class Killer(threading.Thread):
         self.per = {n: 0 for n in ALL}
         self.error = None
         self.stop_now = threading.Event()
+        self.hot = 0  # kills while a client request was in flight
 
     def run(self):
         names = [n for n in ALL for _ in range(WEIGHTS[n])]
@@ -434,6 +453,14 @@ class Killer(threading.Thread):
             while self.done_kills < self.kills and not self.stop_now.is_set():
                 if self.stop_now.wait(self.rng.uniform(0.2, 1.8) * self.gap):
                     break
+                # aim at work in progress: wait (briefly) for a request in flight, then a
+                # random moment of its first tens of milliseconds
+                end = time.monotonic() + self.gap
+                while INFLIGHT.n == 0 and time.monotonic() < end:
+                    time.sleep(0.002)
+                time.sleep(self.rng.uniform(0.0, 0.015))
+                if INFLIGHT.n:
+                    self.hot += 1
                 victim = self.stack.svcs[self.rng.choice(names)]
                 victim.kill9()
                 self.done_kills += 1
@@ -445,33 +472,65 @@ class Killer(threading.Thread):
             self.error = e
 
 
-def client(stack, jobs, results, t0, deadline_s):
+class InFlight:
+    def __init__(self):
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def add(self, d):
+        with self.lock:
+            self.n += d
+
+
+INFLIGHT = InFlight()
+
+
+def client(stack, jobs, results, cancels, t0, deadline_s):
     """Runs its checkouts at their scheduled times; retries what a real client retries."""
     order = stack.svcs[ORDER]
-    for idx, at, user, key, body in jobs:
+    for idx, at, user, key, body, cancel in jobs:
         pause = t0 + at - time.monotonic()
         if pause > 0:
             time.sleep(pause)
-        end = time.monotonic() + deadline_s
+        began = time.monotonic()
+        end = began + deadline_s
         tries = 0
         while True:
             tries += 1
-            st, o = http("POST", order.url("/api/v1/orders"), body, stack.customers[user], key,
-                         timeout=15)
+            INFLIGHT.add(1)
+            try:
+                st, o = http("POST", order.url("/api/v1/orders"), body, stack.customers[user],
+                             key, timeout=15)
+            finally:
+                INFLIGHT.add(-1)
             retry = st == 0 or st >= 500 or (
                 st == 409 and isinstance(o, dict) and
                 str(o.get("type", "")).endswith(":idempotency_in_flight"))
             if not retry or time.monotonic() >= end:
                 break
-            time.sleep(0.1 + 0.2 * random.random())
-        results[idx] = (st, o, tries)
+            time.sleep(min(1.0, 0.05 * 2 ** min(tries, 5)) * (0.5 + random.random()))
+        results[idx] = (st, o, tries, time.monotonic() - began)
+        if cancel and st == 201 and isinstance(o, dict) and o.get("id"):
+            # the customer changes their mind: cancel (refund and release), retried like POST
+            end = time.monotonic() + deadline_s
+            while True:
+                INFLIGHT.add(1)
+                try:
+                    cst, c = http("POST", order.url("/api/v1/orders/%s/cancel" % o["id"]),
+                                  None, stack.customers[user], timeout=15)
+                finally:
+                    INFLIGHT.add(-1)
+                if (cst != 0 and cst < 500) or time.monotonic() >= end:
+                    break
+                time.sleep(0.1 + 0.2 * random.random())
+            cancels[idx] = (cst, c)
 
 
-def make_jobs(n, cat, code, window, clients, rng):
+def make_jobs(n, cat, code, window, clients, rng, users):
+    """Per client: [(index, seconds after the start, user, Idempotency-Key, body, cancel?)]."""
     jobs = [[] for _ in range(clients)]
     keys = []
     names = ["a", "a", "b", "c", "c", "d", "d"]
-    users = None
     for i in range(n):
         picked = []
         for nm in rng.sample(names, rng.choice((1, 1, 2))):
@@ -486,7 +545,8 @@ def make_jobs(n, cat, code, window, clients, rng):
         key = "chaos-%d-%s" % (i, uuid.UUID(int=rng.getrandbits(128)).hex)
         keys.append(key)
         at = window * i / max(1, n)
-        jobs[i % clients].append((i, at, users, key, body))
+        jobs[i % clients].append((i, at, users[i % len(users)], key, body,
+                                  rng.random() < 0.12))
     return jobs, keys
 
 
@@ -503,7 +563,10 @@ def run(args):
     stack = None
     t_start = time.monotonic()
     try:
-        stack = Stack(build, tmp, args.pg_url, args.log_level)
+        order_env = {}
+        if args.reservation_ttl:
+            order_env["ORDER_RESERVATION_TTL_S"] = str(args.reservation_ttl)
+        stack = Stack(build, tmp, args.pg_url, args.log_level, order_env)
         stack.start()
         s = stack.svcs
         cat, code, coupon_id, max_red = seed(stack, args.orders)
@@ -512,16 +575,13 @@ def run(args):
             {k: v[3] for k, v in cat.items()}, max_red))
 
         window = max(args.kills * args.gap, 1.0)
-        jobs, keys = make_jobs(args.orders, cat, code, window, args.clients, rng)
-        users = stack.users
-        for lst in jobs:
-            for j in range(len(lst)):
-                idx, at, _, key, body = lst[j]
-                lst[j] = (idx, at, users[idx % len(users)], key, body)
+        jobs, keys = make_jobs(args.orders, cat, code, window, args.clients, rng, stack.users)
         results = [None] * args.orders
+        cancels = {}
         killer = Killer(stack, args.kills, args.gap, rng)
         t0 = time.monotonic()
-        ths = [threading.Thread(target=client, args=(stack, lst, results, t0, args.settle),
+        ths = [threading.Thread(target=client, args=(stack, lst, results, cancels, t0,
+                                                       args.settle),
                                 daemon=True) for lst in jobs]
         killer.start()
         for t in ths:
@@ -541,15 +601,24 @@ def run(args):
         answers = {}
         bad = []
         for i, r in enumerate(results):
-            st, o, tries = r
+            st, o, tries, _ = r
             if st != 201:
                 bad.append((keys[i], st, o))
             else:
                 answers[keys[i]] = o
-        log("stream: %d checkouts in %.1f s, %d kills, answers %s" % (
-            args.orders, t_stream, killer.done_kills,
+        slow = max(results, key=lambda r: r[3])
+        log("stream: %d checkouts in %.1f s, %d kills (%d with a request in flight); %d retries"
+            " in all; slowest answer %.1f s (%d tries); answers %s" % (
+            args.orders, t_stream, killer.done_kills, killer.hot, sum(r[2] - 1 for r in results),
+            slow[3], slow[2],
             {k: sum(1 for o in answers.values() if o["status"] == k)
              for k in ("PENDING", "CONFIRMED", "CANCELLED")}))
+        bad_cancel = [(i, c) for i, c in cancels.items() if c[0] not in (200, 202, 409)]
+        if bad_cancel:
+            raise Fail("cancels answered (index, (status, body)): %s" % json.dumps(
+                bad_cancel[:3])[:1500])
+        n_cancel = sum(1 for c in cancels.values() if c[0] in (200, 202))
+        log("customer cancels: %d sent, %d accepted (200/202)" % (len(cancels), n_cancel))
         if bad:
             raise Fail("%d checkouts got no 201 (status, body): %s" % (
                 len(bad), json.dumps(bad[:3])[:1500]))
@@ -597,15 +666,17 @@ def run(args):
                 raise Fail(n + " logged a bearer token")
         reasons = " ".join("%s=%d" % kv for kv in sorted(summary["reasons"].items()))
         per = " ".join("%s=%d" % (n[:2], killer.per[n]) for n in ALL if killer.per[n])
+        refunds = " ".join("%s=%d" % kv for kv in sorted(summary["refund_reasons"].items()))
         print("chaos-checkout engine=%s orders=%d confirmed=%d cancelled=%d (%s) "
-              "pending_answers=%d kills=%d (%s) restarts=%d charges=%d refunds=%d "
-              "provider_calls=%d coupon_confirmed=%d/%d oversold=0 charged_twice=0 "
-              "stream=%.1fs settle=%.1fs secs=%.1f" % (
+              "pending_answers=%d customer_cancels=%d kills=%d (%s) kills_in_flight=%d "
+              "restarts=%d charges=%d refunds=%d (%s) provider_calls=%d coupon_confirmed=%d/%d "
+              "oversold=0 charged_twice=0 stream=%.1fs settle=%.1fs secs=%.1f" % (
                   engine, summary["orders"], summary["confirmed"], summary["cancelled"],
                   reasons, sum(1 for o in answers.values() if o["status"] == "PENDING"),
-                  killer.done_kills, per, killer.restarts, summary["charges"],
-                  summary["refunds"], summary["calls"], summary["coupon_confirmed"], max_red,
-                  t_stream, t_settle, time.monotonic() - t_start), flush=True)
+                  n_cancel, killer.done_kills, per, killer.hot, killer.restarts,
+                  summary["charges"], summary["refunds"], refunds, summary["calls"],
+                  summary["coupon_confirmed"], max_red, t_stream, t_settle,
+                  time.monotonic() - t_start), flush=True)
         return 0
     finally:
         if stack:
@@ -631,7 +702,6 @@ def wait_invariants(stack, cat, keys, answers, coupon_id, max_red, args):
 def check_invariants(stack, cat, keys, answers, coupon_id, max_red):
     p = []
     s = stack.svcs
-    sku_of = {v[0]: v[1] for v in cat.values()}
     stock_of = {v[1]: v[3] for v in cat.values()}
     seeded = {(v[1], wh): q for v in cat.values() for wh, q in v[4].items()}
 
@@ -746,6 +816,7 @@ def check_invariants(stack, cat, keys, answers, coupon_id, max_red):
     intents, refunded, calls = stack.double.snapshot()
     net = {}
     charges = {}
+    refunded_orders = set()
     n_charges = n_refunds = 0
     for pi in intents:
         pid = pi.get("metadata", {}).get("payment_id", "")
@@ -760,6 +831,8 @@ def check_invariants(stack, cat, keys, answers, coupon_id, max_red):
                                                                                pid))
             continue
         oid = pay["order"]
+        if back:
+            refunded_orders.add(oid)
         if got:
             n_charges += 1
             charges[oid] = charges.get(oid, 0) + 1
@@ -814,13 +887,18 @@ def check_invariants(stack, cat, keys, answers, coupon_id, max_red):
         p.append("coupon redeemed_count %s ≠ %d confirmed" % (c and c.get("redeemed_count"),
                                                                n_conf_red))
 
+    refund_reasons = {}
+    for oid in refunded_orders:
+        r = orders[oid]["reason"] if oid in orders else "?"
+        refund_reasons[r] = refund_reasons.get(r, 0) + 1
     reasons = {}
     for o in orders.values():
         if o["status"] == "CANCELLED":
             reasons[o["reason"]] = reasons.get(o["reason"], 0) + 1
     SUMMARY.update({"orders": len(orders), "confirmed": len(confirmed),
                     "cancelled": sum(reasons.values()), "reasons": reasons,
-                    "charges": n_charges, "refunds": n_refunds, "calls": calls,
+                    "charges": n_charges, "refunds": n_refunds, "refund_reasons": refund_reasons,
+                    "calls": calls,
                     "coupon_confirmed": n_conf_red})
     return p
 
@@ -833,16 +911,21 @@ def main():
     ap.add_argument("--orders", type=int, default=60)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--gap", type=float, default=1.5, help="mean seconds between kills")
+    ap.add_argument("--gap", type=float, default=1.2, help="mean seconds between kills")
     ap.add_argument("--settle", type=float, default=240.0,
                     help="deadline for the sagas to settle (and for a client's retries)")
     ap.add_argument("--converge", type=float, default=30.0,
                     help="deadline for the invariants once every saga is done")
+    ap.add_argument("--reservation-ttl", type=int, default=0,
+                    help="ORDER_RESERVATION_TTL_S for 16 (short: stalled sagas see their"
+                    " reservation expire, are refunded and end out_of_stock)")
     ap.add_argument("--log-level", default="warn")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
+    # make's or the suite's SIGTERM: leave through the finally blocks (kill what we started)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         sys.exit(run(args))
     except Fail as e:
