@@ -26,8 +26,8 @@ while a killer thread kill -9's a random participant (weights: 16 ×4, 18 ×3, 1
 21, 14 ×1) at random moments (mean gap --gap; it aims at a moment when a client request is in
 flight when one comes within a gap) and restarts it after a short random pause (same database,
 same port). Kills and orders both end when their count is reached. Note: a kill of 16 during a
-POST leaves gr's Idempotency-Key record pending until gr abandons it (GR_IDEM_ABANDON_MS,
-60 s), so that client's retries get 409 for up to a minute. Then it waits (deadline --settle)
+POST leaves gr's Idempotency-Key record pending until its lease runs out (GR_IDEM_LEASE_MS,
+10 s), so that client's retries get 409 for up to about 10 s. Then it waits (deadline --settle)
 until every order is CONFIRMED or CANCELLED and every saga done, and checks, reading each
 service's database and API:
 

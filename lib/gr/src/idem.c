@@ -9,8 +9,19 @@
  * sees the winner's pending row and answers 409. The owner column (a fresh UUIDv7 per
  * reservation) makes completion and release touch only the caller's own reservation, never a
  * row another request took over after it was abandoned.
+ *
+ * Leases: while gr_idem__lease_start's thread runs, a reservation carries lease_until (library
+ * time, now + the lease) and the process keeps its owner token in an in-memory set until
+ * gr_idem__end; every lease/3 the thread pushes lease_until forward for the tokens held since
+ * the previous tick (younger ones are still inside their first lease; skipping them keeps
+ * short requests' rows untouched). A pending row whose lease ran out belongs to a process that
+ * died or lost its database for a whole lease: it is replaced at once. Rows without a lease
+ * (written before the column existed, or by a process without the thread) keep the old rule:
+ * abandoned GR_IDEM_ABANDON_MS after created_at.
  */
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h> /* strtol */
 #include <string.h>
@@ -47,12 +58,19 @@
     " expires_at " BIGINT " NOT NULL,"                                                             \
     " PRIMARY KEY (caller, method, path, idem_key));"                                              \
     "CREATE INDEX idempotency_keys_expires ON idempotency_keys (expires_at);"
+#define LEASE_SQL(BIGINT)                                                                          \
+    "ALTER TABLE idempotency_keys ADD COLUMN lease_until " BIGINT ";"                               \
+    "CREATE INDEX idempotency_keys_owner ON idempotency_keys (owner);"
 /* clang-format on */
 
 const struct gr_migration gr_idem_migrations[] = {
     { "0001_idempotency_keys", TABLE_SQL("INTEGER"), TABLE_SQL("BIGINT") },
+    { "0002_idempotency_leases", LEASE_SQL("INTEGER"), LEASE_SQL("BIGINT") },
     { NULL, NULL, NULL },
 };
+
+/* The lease of new reservations, ms; 0 while no renewal thread runs (rows get no lease). */
+static atomic_llong lease_active_ms;
 
 /* ---- store ---------------------------------------------------------------------------------- */
 
@@ -75,10 +93,10 @@ static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct g
                         const char *hash, const char *owner, long long now_ms, int *outcome,
                         struct gr_idem_resp *stored)
 {
-    struct gr_db_val p[8];
+    struct gr_db_val p[9];
     struct gr_db_rows *r;
     const char *state, *old_hash;
-    long long created, expires;
+    long long created, expires, lease_ms = atomic_load(&lease_active_ms), until;
     long long changes = 0;
     int rc;
 
@@ -87,7 +105,7 @@ static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct g
         return rc;
     rc = gr_db_query(c, a,
                      "SELECT state, body_hash, status, content_type, headers, body, created_at,"
-                     " expires_at FROM idempotency_keys WHERE " PK_WHERE,
+                     " expires_at, lease_until FROM idempotency_keys WHERE " PK_WHERE,
                      pk, 4, &r);
     if (rc < 0)
         return rc;
@@ -96,12 +114,13 @@ static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct g
     p[5] = GR_DB_TEXT(owner);
     p[6] = GR_DB_INT(now_ms);
     p[7] = GR_DB_INT(now_ms + GR_IDEM_TTL_MS);
+    p[8] = lease_ms > 0 ? GR_DB_INT(now_ms + lease_ms) : GR_DB_NULL;
     if (gr_db_nrows(r) == 0) {
         rc = gr_db_exec(c,
                         "INSERT INTO idempotency_keys (caller, method, path, idem_key, body_hash,"
-                        " state, owner, created_at, expires_at)"
-                        " VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)",
-                        p, 8, &changes);
+                        " state, owner, created_at, expires_at, lease_until)"
+                        " VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)",
+                        p, 9, &changes);
         *outcome = GR_IDEM_OWNED;
         goto commit;
     }
@@ -109,14 +128,15 @@ static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct g
     old_hash = gr_db_text(r, 0, 1);
     created = gr_db_int(r, 0, 6);
     expires = gr_db_int(r, 0, 7);
-    if (expires <= now_ms ||
-        (strcmp(state, "pending") == 0 && created <= now_ms - GR_IDEM_ABANDON_MS)) {
-        /* Expired, or abandoned by a process that died: the key is free again. */
+    until = gr_db_isnull(r, 0, 8) ? created + GR_IDEM_ABANDON_MS : gr_db_int(r, 0, 8);
+    if (expires <= now_ms || (strcmp(state, "pending") == 0 && until <= now_ms)) {
+        /* Expired, or abandoned by a process that died (its lease ran out): the key is free. */
         rc = gr_db_exec(c,
                         "UPDATE idempotency_keys SET body_hash = $5, state = 'pending',"
                         " owner = $6, status = NULL, content_type = NULL, headers = NULL,"
-                        " body = NULL, created_at = $7, expires_at = $8 WHERE " PK_WHERE,
-                        p, 8, &changes);
+                        " body = NULL, created_at = $7, expires_at = $8, lease_until = $9"
+                        " WHERE " PK_WHERE,
+                        p, 9, &changes);
         *outcome = GR_IDEM_OWNED;
         goto commit;
     }
@@ -232,6 +252,221 @@ int gr_idem__purge(struct gr_db_conn *c, long long now_ms, int max, long long *d
                       p, 2, deleted);
 }
 
+/* ---- leases --------------------------------------------------------------------------------- */
+
+#define OWNER_MAX   64 /* bytes of an owner token, NUL included */
+#define RENEW_BATCH 16 /* owners per renewal statement */
+#define RETRY_MS    500
+
+struct held {
+    char owner[OWNER_MAX];
+    long long since; /* monotonic ms */
+};
+
+/* The renewal thread and the owner tokens this process holds; all under mu. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t th;
+    bool on, stop;
+    struct gr_db *db;
+    long long lease, every; /* ms */
+    struct held *v;
+    size_t n, cap;
+} L = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* "$2, $3, ..., $(RENEW_BATCH + 1)" built once: one constant statement per connection. */
+static char renew_sql[512];
+static pthread_once_t renew_once = PTHREAD_ONCE_INIT;
+
+static void build_renew_sql(void)
+{
+    size_t off = (size_t)snprintf(renew_sql, sizeof(renew_sql),
+                                  "UPDATE idempotency_keys SET lease_until = $1"
+                                  " WHERE state = 'pending' AND owner IN (");
+
+    for (int i = 0; i < RENEW_BATCH && off < sizeof(renew_sql); i++)
+        off += (size_t)snprintf(renew_sql + off, sizeof(renew_sql) - off, "%s$%d", i ? ", " : "",
+                                i + 2);
+    if (off + 2 >= sizeof(renew_sql))
+        GR_BUG("renewal statement too long");
+    snprintf(renew_sql + off, sizeof(renew_sql) - off, ")");
+}
+
+void gr_idem__hold(const char *owner)
+{
+    if (strlen(owner) >= OWNER_MAX)
+        return; /* cannot happen with gr_id_new tokens; the row keeps its first lease */
+    pthread_mutex_lock(&L.mu);
+    if (L.on) {
+        if (L.n == L.cap) {
+            L.cap = L.cap ? 2 * L.cap : 16;
+            L.v = gr_xrealloc(L.v, L.cap * sizeof(*L.v));
+        }
+        snprintf(L.v[L.n].owner, OWNER_MAX, "%s", owner);
+        L.v[L.n].since = gr_time_mono_ms();
+        L.n++;
+    }
+    pthread_mutex_unlock(&L.mu);
+}
+
+void gr_idem__unhold(const char *owner)
+{
+    pthread_mutex_lock(&L.mu);
+    for (size_t i = 0; i < L.n; i++) {
+        if (strcmp(L.v[i].owner, owner) == 0) {
+            L.v[i] = L.v[--L.n];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&L.mu);
+}
+
+int gr_idem__renew(struct gr_db_conn *c, const char *const *owners, size_t n, long long now_ms,
+                   long long lease_ms)
+{
+    struct gr_db_val p[RENEW_BATCH + 1];
+    int rc = 0;
+
+    pthread_once(&renew_once, build_renew_sql);
+    for (size_t i = 0; i < n && rc == 0; i += RENEW_BATCH) {
+        p[0] = GR_DB_INT(now_ms + lease_ms);
+        for (size_t k = 0; k < RENEW_BATCH; k++) /* a short batch repeats its last owner */
+            p[k + 1] = GR_DB_TEXT(owners[i + k < n ? i + k : n - 1]);
+        rc = exec_write(c, renew_sql, p, RENEW_BATCH + 1, NULL);
+    }
+    return rc;
+}
+
+/* One tick: renews the owners held since before @cut (monotonic ms). */
+static int renew_tick(struct gr_db_conn **c, long long cut)
+{
+    const char **owners;
+    char(*buf)[OWNER_MAX];
+    size_t n = 0;
+    long long lease;
+    int rc;
+
+    pthread_mutex_lock(&L.mu);
+    lease = L.lease;
+    buf = gr_xmalloc((L.n ? L.n : 1) * sizeof(*buf));
+    for (size_t i = 0; i < L.n; i++) {
+        if (L.v[i].since <= cut)
+            memcpy(buf[n++], L.v[i].owner, OWNER_MAX);
+    }
+    pthread_mutex_unlock(&L.mu);
+    owners = gr_xmalloc((n ? n : 1) * sizeof(*owners));
+    for (size_t i = 0; i < n; i++)
+        owners[i] = buf[i];
+    rc = n == 0 ? 0 : *c ? 0 : gr_db_conn(L.db, c);
+    if (rc == 0 && n > 0)
+        rc = gr_idem__renew(*c, owners, n, gr_time_now_ms(), lease);
+    gr_free(owners);
+    gr_free(buf);
+    return rc;
+}
+
+static void *lease_main(void *arg)
+{
+    struct gr_db_conn *c = NULL;
+    long long next, now;
+    bool failing = false;
+    struct timespec ts;
+
+    (void)arg;
+    pthread_mutex_lock(&L.mu);
+    next = gr_time_mono_ms() + L.every;
+    while (!L.stop) {
+        now = gr_time_mono_ms();
+        if (now < next) {
+            ts.tv_sec = (time_t)(next / 1000);
+            ts.tv_nsec = (long)(next % 1000) * 1000000L;
+            pthread_cond_timedwait(&L.cv, &L.mu, &ts);
+            continue;
+        }
+        long long cut = now - L.every;
+
+        pthread_mutex_unlock(&L.mu);
+        int rc = renew_tick(&c, cut);
+        if (rc < 0 && !failing)
+            gr_log_warn("idempotency lease renewal failed, retrying", "code", gr_err_name(rc));
+        else if (rc == 0 && failing)
+            gr_log_info("idempotency lease renewal recovered");
+        failing = rc < 0;
+        pthread_mutex_lock(&L.mu);
+        next = gr_time_mono_ms() + (failing ? RETRY_MS : L.every);
+    }
+    pthread_mutex_unlock(&L.mu);
+    return NULL;
+}
+
+int gr_idem__lease_start(struct gr_db *db)
+{
+    const char *env = getenv("GR_IDEM_LEASE_MS");
+    long long lease = GR_IDEM_LEASE_MS;
+    pthread_condattr_t ca;
+
+    if (env && *env) {
+        char *end = NULL;
+        long v = strtol(env, &end, 10);
+
+        if (*end || v < 30 || v > 3600 * 1000) {
+            gr_log_error("GR_IDEM_LEASE_MS must be 30..3600000");
+            return GR_ECONFIG;
+        }
+        lease = v;
+    }
+    pthread_mutex_lock(&L.mu);
+    if (L.on) {
+        pthread_mutex_unlock(&L.mu);
+        return GR_EINTERNAL; /* one per process */
+    }
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&L.cv, &ca);
+    pthread_condattr_destroy(&ca);
+    L.db = db;
+    L.lease = lease;
+    L.every = lease / 3 > 0 ? lease / 3 : 1;
+    L.stop = false;
+    if (pthread_create(&L.th, NULL, lease_main, NULL) != 0) {
+        pthread_cond_destroy(&L.cv);
+        pthread_mutex_unlock(&L.mu);
+        return GR_EINTERNAL;
+    }
+    L.on = true;
+    atomic_store(&lease_active_ms, lease);
+    pthread_mutex_unlock(&L.mu);
+    return 0;
+}
+
+void gr_idem__lease_stop(void)
+{
+    pthread_mutex_lock(&L.mu);
+    if (!L.on) {
+        pthread_mutex_unlock(&L.mu);
+        return;
+    }
+    atomic_store(&lease_active_ms, 0);
+    L.stop = true;
+    pthread_cond_broadcast(&L.cv);
+    pthread_mutex_unlock(&L.mu);
+    pthread_join(L.th, NULL);
+    pthread_mutex_lock(&L.mu);
+    L.on = false;
+    pthread_cond_destroy(&L.cv);
+    gr_free(L.v);
+    L.v = NULL;
+    L.n = L.cap = 0;
+    L.db = NULL;
+    pthread_mutex_unlock(&L.mu);
+}
+
+long long gr_idem__lease_ms(void)
+{
+    return atomic_load(&lease_active_ms);
+}
+
 /* ---- request hooks -------------------------------------------------------------------------- */
 
 static bool key_ok(const char *k)
@@ -323,6 +558,7 @@ int gr_idem__begin(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
     switch (outcome) {
     case GR_IDEM_OWNED:
         ik->active = true;
+        gr_idem__hold(ik->owner);
         /* The UUIDv7's last character is random: purge about once per PURGE_EVERY keys. */
         if (strtol(owner + 34, NULL, 16) % PURGE_EVERY == 0 &&
             gr_idem__purge(req->db, now, PURGE_BATCH, NULL) < 0)
@@ -453,5 +689,6 @@ void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, 
     }
     if (rc < 0 || !ik->stored)
         gr_idem__release(req->db, ik->caller, req->method, req->path, ik->key, ik->owner);
+    gr_idem__unhold(ik->owner);
     ik->active = false;
 }

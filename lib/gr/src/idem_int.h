@@ -12,13 +12,19 @@
  * answers from the existing row: same body (SHA-256 of the raw bytes) and done → the stored
  * response, with `Idempotent-Replayed: true`, and the handler is not run; a different body → 422
  * `idempotency_key_reuse`; still pending → 409 `idempotency_in_flight`. Rows past expires_at
- * (created + 24 h on the library clock) and pending rows older than GR_IDEM_ABANDON_MS (the
- * process died) are replaced. On a GR_R_TX route, gr_idem__store writes a 2xx response into the
- * row inside the handler's own transaction, so the effect never commits without its stored
- * response; gr_idem__end stores it afterwards on other routes, and deletes the pending row for
- * every other outcome (4xx, 5xx: nothing is kept, a retry runs the handler again). Responses
- * above GR_IDEM_MAX_BODY bytes, or whose body is not UTF-8 text, are not stored (the key is
- * released, a warning logged). The key's value is never logged.
+ * (created + 24 h on the library clock) and pending rows whose lease ran out (the process died)
+ * are replaced. Leases: while gr_idem__lease_start's thread runs (gr_main starts it with a
+ * database), a reservation's row gets lease_until = now + GR_IDEM_LEASE_MS (env
+ * GR_IDEM_LEASE_MS overrides it, read at start) and the thread renews, every lease/3, the leases
+ * of the keys this process still holds, so a live holder's key is never taken over however long
+ * its handler runs, while a dead one's is free a lease after its last renewal. Rows without a
+ * lease (older rows, or no thread) are abandoned GR_IDEM_ABANDON_MS after created_at. On a
+ * GR_R_TX route, gr_idem__store writes a 2xx response into the row inside the handler's own
+ * transaction, so the effect never commits without its stored response; gr_idem__end stores it
+ * afterwards on other routes, and deletes the pending row for every other outcome (4xx, 5xx:
+ * nothing is kept, a retry runs the handler again). Responses above GR_IDEM_MAX_BODY bytes, or
+ * whose body is not UTF-8 text, are not stored (the key is released, a warning logged). The key's
+ * value is never logged.
  */
 #ifndef GR_IDEM_INT_H
 #define GR_IDEM_INT_H
@@ -30,7 +36,8 @@
 
 #define GR_IDEM_KEY_MAX    255
 #define GR_IDEM_TTL_MS     (24LL * 3600 * 1000)
-#define GR_IDEM_ABANDON_MS (60LL * 1000)
+#define GR_IDEM_ABANDON_MS (60LL * 1000) /* rows without a lease */
+#define GR_IDEM_LEASE_MS   (10LL * 1000)
 #define GR_IDEM_MAX_BODY   (1024 * 1024)
 
 /* The migrations of the table, applied as service "gr.idem" by gr_main. */
@@ -89,6 +96,26 @@ void gr_idem__release(struct gr_db_conn *c, const char *caller, const char *meth
 /** Deletes at most @max rows expired at @now_ms; *@deleted may be NULL. */
 GR_MUST_CHECK int gr_idem__purge(struct gr_db_conn *c, long long now_ms, int max,
                                  long long *deleted);
+
+/**
+ * Starts the process's lease renewal thread on @db (one per process; GR_EINTERNAL if already
+ * running). From then on reservations carry leases. GR_ECONFIG for a bad GR_IDEM_LEASE_MS.
+ */
+GR_MUST_CHECK int gr_idem__lease_start(struct gr_db *db);
+
+/** Stops the thread (no-op when not running) and forgets held owners; before gr_db_close. */
+void gr_idem__lease_stop(void);
+
+/** The lease given to new reservations, ms; 0 when no renewal thread runs. */
+long long gr_idem__lease_ms(void);
+
+/** Adds @owner to / removes it from the set of reservations whose leases the thread renews. */
+void gr_idem__hold(const char *owner);
+void gr_idem__unhold(const char *owner);
+
+/** Sets lease_until = @now_ms + @lease_ms on the pending rows of @owners (batched). */
+GR_MUST_CHECK int gr_idem__renew(struct gr_db_conn *c, const char *const *owners, size_t n,
+                                 long long now_ms, long long lease_ms);
 
 /**
  * Before the handler (req->db set, body read and parsed). Returns 0 to run the handler (with

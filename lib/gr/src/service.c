@@ -249,6 +249,7 @@ static void release(struct platform *p)
     gr_health__release(&p->ctx);
     gr_router_free(p->srv.router);
     gr_http__release(&p->srv);
+    gr_idem__lease_stop(); /* after the HTTP threads, before the database */
     if (p->ctx.db)
         gr_db_close(p->ctx.db);
     gr_auth_free(p->ctx.auth);
@@ -394,10 +395,12 @@ int gr_main(const struct gr_service *svc, int argc, char **argv)
     p->srv.waiting_gauge =
         gr_metrics_gauge(p->ctx.metrics, "http_requests_waiting",
                          "Requests parked without a thread until a change (long-polls)", NULL);
-    rc = gr_http__start(&p->srv);
+    rc = p->ctx.db ? gr_idem__lease_start(p->ctx.db) : 0; /* idempotency-key leases */
+    if (rc == 0)
+        rc = gr_http__start(&p->srv);
     if (rc < 0) {
         release(p);
-        return rc == GR_ECONFIG ? 2 : 1; /* HOST or HTTP_MAX_WAITERS */
+        return rc == GR_ECONFIG ? 2 : 1; /* HOST, HTTP_MAX_WAITERS or GR_IDEM_LEASE_MS */
     }
     atomic_store(&p->srv.ready, true);
     {
