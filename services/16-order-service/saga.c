@@ -15,7 +15,7 @@
  * reservation and payment, CONFIRMED, its history row and event, saga done). Steps in between
  * are not committed one by one: every remote call is idempotent by a key derived from the
  * order id, so a runner that resumes an unfinished saga (after kill -9, a restart, a peer
- * that was down) simply runs the forward steps again from the start and gets the same
+ * that was down) simply runs the forward steps again from the start and receives the same
  * redemption, reservation and payment back. The compensation is committed before it starts
  * (CANCELLED, the ids to undo and saga_state compensating, in one transaction), so a resumed
  * compensation never turns into a forward run; it ends with one more commit (saga done).

@@ -390,7 +390,7 @@ static const char *slug_of(json_t *problem)
 
 /*
  * The coupon part of the totals: previewed at 22 when it answers, else shown as not previewed
- * (22 down must not break the cart). *@discount gets the discount of a valid coupon.
+ * (22 down must not break the cart). *@discount receives the discount of a valid coupon.
  */
 static json_t *coupon_preview(struct gr_req *req, const struct cart *c,
                               const struct cart_item *items, const struct cart_price *prices,

@@ -14,7 +14,7 @@
  * `idempotency_key_reuse`; still pending → 409 `idempotency_in_flight`. Rows past expires_at
  * (created + 24 h on the library clock) and pending rows whose lease ran out (the process died)
  * are replaced. Leases: while gr_idem__lease_start's thread runs (gr_main starts it with a
- * database), a reservation's row gets lease_until = now + GR_IDEM_LEASE_MS (env
+ * database), a reservation's row is given lease_until = now + GR_IDEM_LEASE_MS (env
  * GR_IDEM_LEASE_MS overrides it, read at start) and the thread renews, every lease/3, the leases
  * of the keys this process still holds, so a live holder's key is never taken over however long
  * its handler runs, while a dead one's is free a lease after its last renewal. Rows without a

@@ -3,7 +3,7 @@
  *
  * Everything is guarded by one mutex: the queues' lists, a binary min-heap of the armed
  * waiters by deadline, the count of places taken and the drain flag. A waiter fires once:
- * under the lock it leaves its queue and the heap and gets its reason; its wake callback runs
+ * under the lock it leaves its queue and the heap and receives its reason; its wake callback runs
  * after the lock is released (libmicrohttpd takes locks of its own there), so a waiter is
  * never woken under our lock and the request it belongs to cannot run before it left every
  * list. The timer thread sleeps on a CLOCK_MONOTONIC condition until the earliest deadline.

@@ -115,7 +115,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         nanosleep(&ts, NULL);
     }
     if (strcmp(url, "/flaky") == 0 && atomic_load(&s->flaky))
-        return MHD_NO; /* closes the connection: the client gets nothing */
+        return MHD_NO; /* closes the connection: the client receives nothing */
     if (strcmp(url, "/big") == 0) {
         struct MHD_Response *r =
             MHD_create_response_from_buffer(sizeof(big), big, MHD_RESPMEM_PERSISTENT);
