@@ -25,7 +25,8 @@
 # Environment: BUILD (build), ENGINES ("sqlite pg"), ROUNDS (2), DURATION (10s), CONNS (64),
 # SEED (100 variants), ORDER_HTTP_THREADS (HTTP_THREADS of 16, default 32: its handler holds a
 # thread for the whole saga, so gr's default of 4 per core caps the orders in flight at 8),
-# PEER_HTTP_THREADS (HTTP_THREADS of the others; default gr's).
+# PEER_HTTP_THREADS (HTTP_THREADS of the others; default gr's), PG_VIA (socket: the services
+# reach PostgreSQL on its Unix socket, as on one machine; tcp: over loopback TCP).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${BUILD:-build}
@@ -69,6 +70,9 @@ start() { # name engine extra-env...
     mkdir -p "$tmp/$engine/$name"
     if [ "$engine" = pg ]; then
         db=$(scripts/pg.sh createdb "$pg_dir" "bench_${name:0:2}_$RANDOM$RANDOM")
+        if [ "${PG_VIA:-socket}" = socket ]; then # the server's Unix socket, not loopback TCP
+            db="postgres://postgres@/${db##*/}?host=$pg_dir/sock&port=$(cat "$pg_dir/port")"
+        fi
     else
         db="sqlite://$tmp/$engine/$name/db.sqlite"
     fi

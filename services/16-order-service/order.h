@@ -99,6 +99,8 @@ struct saga_ctx {
     struct gr_arena *a;
     const char *request_id;  /* may be NULL */
     const char *traceparent; /* may be NULL */
+    json_t *rendered; /* the order as the saga's last committed transition left it, or NULL */
+    const char *rendered_id; /* whose order that is */
 };
 
 /* An answer of another service. */
@@ -147,6 +149,11 @@ bool order_transition_ok(const char *from, const char *to);
 GR_MUST_CHECK int order_transition(struct gr_db_conn *db, struct gr_arena *a, const char *id,
                                    const char *from, const char *to, const char *reason,
                                    const char *actor, const char *traceparent);
+/** order_transition that also hands back (*@rendered, the caller's reference) the order as its
+ *  event carries it, i.e. as the transaction left it. */
+GR_MUST_CHECK int order_transition_r(struct gr_db_conn *db, struct gr_arena *a, const char *id,
+                                     const char *from, const char *to, const char *reason,
+                                     const char *actor, const char *traceparent, json_t **rendered);
 /** Runs @fn in its own transaction on @db, again while the engine answers GR_EBUSY. */
 GR_MUST_CHECK int order_tx(struct gr_db_conn *db, int (*fn)(struct gr_db_conn *db, void *arg),
                            void *arg);

@@ -131,29 +131,34 @@ bool order_transition_ok(const char *from, const char *to)
 int order_transition(struct gr_db_conn *db, struct gr_arena *a, const char *id, const char *from,
                      const char *to, const char *reason, const char *actor, const char *traceparent)
 {
+    return order_transition_r(db, a, id, from, to, reason, actor, traceparent, NULL);
+}
+
+int order_transition_r(struct gr_db_conn *db, struct gr_arena *a, const char *id, const char *from,
+                       const char *to, const char *reason, const char *actor,
+                       const char *traceparent, json_t **rendered)
+{
     struct gr_db_rows *r = NULL;
     char now[32], hid[GR_ID_LEN], type[32];
-    long long changes = 0;
     struct gr_str data;
     json_t *o = NULL;
     int rc;
 
+    if (rendered != NULL)
+        *rendered = NULL;
     order_now(now);
-    rc = gr_db_exec(db,
+    rc =
+        gr_db_query(db, a,
                     "UPDATE orders SET status = $3, cancel_reason = $4, version = version + 1,"
-                    " updated_at = $5 WHERE id = $1 AND status = $2",
+                    " updated_at = $5 WHERE id = $1 AND status = $2 RETURNING version",
                     (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(from), GR_DB_TEXT(to),
                                           GR_DB_TEXT(strcmp(to, ST_CANCELLED) == 0 ? reason : NULL),
                                           GR_DB_TEXT(now) },
-                    5, &changes);
+                    5, &r);
     if (rc < 0)
         return rc;
-    if (changes == 0)
+    if (gr_db_nrows(r) != 1)
         return GR_ECONFLICT;
-    rc = gr_db_query(db, a, "SELECT version FROM orders WHERE id = $1",
-                     (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &r);
-    if (rc < 0)
-        return rc;
     gr_id_new(hid);
     rc = gr_db_exec(db,
                     "INSERT INTO order_status_history (id, order_id, from_status, to_status,"
@@ -166,6 +171,8 @@ int order_transition(struct gr_db_conn *db, struct gr_arena *a, const char *id, 
         rc = order_render(db, a, id, &o);
     if (rc == 0)
         rc = gr_json_dump(a, o, &data);
+    if (rc == 0 && rendered != NULL)
+        *rendered = json_incref(o);
     json_decref(o);
     if (rc < 0)
         return rc;

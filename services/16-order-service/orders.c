@@ -218,7 +218,7 @@ static int create_tx(struct gr_req *req, void *arg)
 {
     struct create *c = arg;
     struct order_app *app = req->app;
-    long long seq = 0, tax = 0, grand;
+    long long seq = 0, tax = 0, grand, *line_tax;
     char now[32], hid[GR_ID_LEN];
     struct gr_str data;
     json_t *o = NULL;
@@ -228,12 +228,15 @@ static int create_tx(struct gr_req *req, void *arg)
     rc = next_number(req, &seq);
     if (rc < 0)
         return rc;
-    /* Provisional totals (no discount yet); the saga writes the final ones. */
+    /* Provisional totals (no discount yet), as the saga's totals() computes them: it writes
+     * the final ones, and only the lines a discount changed. */
+    line_tax = gr_arena_calloc(req->arena, (c->n + 1) * sizeof(*line_tax));
     for (size_t i = 0; i < c->n; i++) {
         long long net = c->prices[i].price.amount * c->lines[i].qty;
 
-        tax += c->tax.inclusive ? net - mul_div(net, 10000, 10000 + c->tax.rate_bp)
-                                : mul_div(net, c->tax.rate_bp, 10000);
+        line_tax[i] = c->tax.inclusive ? net - mul_div(net, 10000, 10000 + c->tax.rate_bp)
+                                       : mul_div(net, c->tax.rate_bp, 10000);
+        tax += line_tax[i];
     }
     grand = c->subtotal + (c->tax.inclusive ? 0 : tax);
     if (grand > GR_MONEY_MAX_AMOUNT)
@@ -259,14 +262,14 @@ static int create_tx(struct gr_req *req, void *arg)
         rc = gr_db_exec(
             req->db,
             "INSERT INTO order_items (order_id, position, variant_id, product_id, sku,"
-            " unit_price, quantity, line_total) VALUES ($1, $2, $3, $4, $5, $6, $7,"
-            " $8)",
-            (struct gr_db_val[]){ GR_DB_TEXT(c->id), GR_DB_INT((long long)i),
-                                  GR_DB_TEXT(c->lines[i].variant_id),
-                                  GR_DB_TEXT(c->prices[i].product_id), GR_DB_TEXT(c->prices[i].sku),
-                                  GR_DB_INT(c->prices[i].price.amount), GR_DB_INT(c->lines[i].qty),
-                                  GR_DB_INT(c->prices[i].price.amount * c->lines[i].qty) },
-            8, NULL);
+            " unit_price, quantity, line_total, tax) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+            " $8, $9)",
+            (struct gr_db_val[]){
+                GR_DB_TEXT(c->id), GR_DB_INT((long long)i), GR_DB_TEXT(c->lines[i].variant_id),
+                GR_DB_TEXT(c->prices[i].product_id), GR_DB_TEXT(c->prices[i].sku),
+                GR_DB_INT(c->prices[i].price.amount), GR_DB_INT(c->lines[i].qty),
+                GR_DB_INT(c->prices[i].price.amount * c->lines[i].qty), GR_DB_INT(line_tax[i]) },
+            9, NULL);
     if (rc < 0)
         return rc;
     gr_id_new(hid);
@@ -307,11 +310,27 @@ static int find_by_key(struct gr_req *req, const char *key, const char **id)
     return rc;
 }
 
-static int reply(struct gr_req *req, struct gr_resp *resp, int status, const char *id)
+/*
+ * Answers with order @id: as the saga's last committed transition of it left it when @s has
+ * that (@s's reference is taken), else as read now.
+ */
+static int reply(struct gr_req *req, struct gr_resp *resp, int status, const char *id,
+                 struct saga_ctx *s)
 {
     json_t *o = NULL;
-    int rc = order_render(req->db, req->arena, id, &o);
+    int rc = 0;
 
+    if (s != NULL && s->rendered != NULL && s->rendered_id != NULL &&
+        strcmp(s->rendered_id, id) == 0) {
+        o = s->rendered;
+        s->rendered = NULL;
+    } else {
+        rc = order_render(req->db, req->arena, id, &o);
+    }
+    if (s != NULL) {
+        json_decref(s->rendered);
+        s->rendered = NULL;
+    }
     if (rc < 0)
         return rc;
     gr_resp_header(req, resp, "Location", gr_arena_printf(req->arena, O "/%s", id));
@@ -344,7 +363,7 @@ int orders_create(struct gr_req *req, struct gr_resp *resp)
         rc = saga_run(&s, existing, false);
         if (rc < 0)
             gr_log_warn("saga run failed", "order_id", existing, "code", gr_err_name(rc));
-        return reply(req, resp, 201, existing);
+        return reply(req, resp, 201, existing, &s);
     }
     rc = price_lines(req, resp, &c);
     if (rc < 0)
@@ -369,7 +388,7 @@ int orders_create(struct gr_req *req, struct gr_resp *resp)
     if (rc < 0)
         gr_log_warn("saga run failed; the resumer goes on", "order_id", id, "code",
                     gr_err_name(rc));
-    return reply(req, resp, 201, id);
+    return reply(req, resp, 201, id, &s);
 }
 
 /* ---- reads ------------------------------------------------------------------------------- */
@@ -398,7 +417,7 @@ int orders_get(struct gr_req *req, struct gr_resp *resp)
     const char *id = gr_req_param(req, "id");
     int rc = visible(req, id);
 
-    return rc < 0 ? rc : reply(req, resp, 200, id);
+    return rc < 0 ? rc : reply(req, resp, 200, id, NULL);
 }
 
 static const char *time_param(struct gr_req *req, struct gr_resp *resp, const char *name)
@@ -640,13 +659,14 @@ static int do_move(struct gr_req *req, struct gr_resp *resp, struct move *m)
         return rc;
     if (m->compensate) {
         rc = saga_run(&s, m->id, true);
+        json_decref(s.rendered);
         if (rc < 0)
             gr_log_warn("compensation failed; the resumer goes on", "order_id", m->id, "code",
                         gr_err_name(rc));
     } else if (m->requested) {
         saga_kick(req->app);
     }
-    return reply(req, resp, m->requested ? 202 : 200, m->id);
+    return reply(req, resp, m->requested ? 202 : 200, m->id, NULL);
 }
 
 int orders_set_status(struct gr_req *req, struct gr_resp *resp)

@@ -46,6 +46,7 @@ enum outcome { OK = 0, FAIL = 1, RETRY = 2 };
 struct line {
     const char *variant_id, *product_id, *sku;
     long long unit, qty, total, discount, tax;
+    long long db_discount, db_tax; /* as stored: only a line whose share changed is written */
 };
 
 struct ord {
@@ -125,8 +126,8 @@ static int load(struct saga_ctx *s, const char *id, struct ord *o)
         l->unit = gr_db_int(it, i, 3);
         l->qty = gr_db_int(it, i, 4);
         l->total = gr_db_int(it, i, 5);
-        l->discount = gr_db_int(it, i, 6);
-        l->tax = gr_db_int(it, i, 7);
+        l->discount = l->db_discount = gr_db_int(it, i, 6);
+        l->tax = l->db_tax = gr_db_int(it, i, 7);
     }
     return 0;
 }
@@ -340,6 +341,7 @@ static enum outcome step_pay(struct saga_ctx *s, struct ord *o)
 struct fin {
     struct saga_ctx *s;
     struct ord *o;
+    json_t *rendered;    /* the order as this attempt's transition left it */
     const char *to;      /* CONFIRMED or CANCELLED */
     bool lost_to_cancel; /* CONFIRMED refused: a cancel was requested meanwhile */
     bool gone;           /* the order is no longer PENDING (another runner finished it) */
@@ -379,13 +381,15 @@ static int write_run(struct gr_db_conn *db, struct fin *f, bool need_no_cancel)
         return 1;
     }
     for (size_t i = 0; i < o->n && rc == 0; i++)
-        rc = gr_db_exec(db,
-                        "UPDATE order_items SET discount = $3, tax = $4 WHERE order_id = $1"
-                        " AND position = $2",
-                        (struct gr_db_val[]){ GR_DB_TEXT(o->id), GR_DB_INT((long long)i),
-                                              GR_DB_INT(o->lines[i].discount),
-                                              GR_DB_INT(o->lines[i].tax) },
-                        4, NULL);
+        if (o->lines[i].discount != o->lines[i].db_discount ||
+            o->lines[i].tax != o->lines[i].db_tax)
+            rc = gr_db_exec(db,
+                            "UPDATE order_items SET discount = $3, tax = $4 WHERE order_id = $1"
+                            " AND position = $2",
+                            (struct gr_db_val[]){ GR_DB_TEXT(o->id), GR_DB_INT((long long)i),
+                                                  GR_DB_INT(o->lines[i].discount),
+                                                  GR_DB_INT(o->lines[i].tax) },
+                            4, NULL);
     return rc;
 }
 
@@ -397,11 +401,13 @@ static int finish_tx(struct gr_db_conn *db, void *arg)
     int rc;
 
     f->lost_to_cancel = f->gone = false;
+    json_decref(f->rendered); /* an earlier attempt's, rolled back */
+    f->rendered = NULL;
     rc = write_run(db, f, confirm);
     if (rc != 0)
         return rc < 0 ? rc : 0;
-    rc = order_transition(db, f->s->a, f->o->id, ST_PENDING, f->to, confirm ? NULL : f->o->reason,
-                          "saga", f->s->traceparent);
+    rc = order_transition_r(db, f->s->a, f->o->id, ST_PENDING, f->to, confirm ? NULL : f->o->reason,
+                            "saga", f->s->traceparent, &f->rendered);
     if (rc < 0)
         return rc;
     order_now(now);
@@ -413,6 +419,22 @@ static int finish_tx(struct gr_db_conn *db, void *arg)
                           GR_DB_TEXT(confirm ? "done" : "compensate"),
                           GR_DB_INT(f->o->paid ? 1 : 0), GR_DB_TEXT(f->o->error), GR_DB_TEXT(now) },
                       6, NULL);
+}
+
+/* finish_tx in a transaction; the order as it committed is kept in @s for the reply. */
+static int finish(struct saga_ctx *s, struct fin *f)
+{
+    int rc = order_tx(s->db, finish_tx, f);
+
+    if (rc == 0 && f->rendered != NULL) {
+        json_decref(s->rendered);
+        s->rendered = f->rendered;
+        s->rendered_id = f->o->id;
+    } else {
+        json_decref(f->rendered);
+    }
+    f->rendered = NULL;
+    return rc;
 }
 
 struct note {
@@ -636,7 +658,7 @@ static int forward(struct saga_ctx *s, struct ord *o)
         }
     }
     if (out == OK) {
-        rc = order_tx(s->db, finish_tx, &f);
+        rc = finish(s, &f);
         if (rc < 0)
             return rc;
         if (f.gone)
@@ -649,7 +671,7 @@ static int forward(struct saga_ctx *s, struct ord *o)
     }
     /* FAIL: CANCELLED with the reason and the ids to undo, committed, then the undo. */
     f.to = ST_CANCELLED;
-    rc = order_tx(s->db, finish_tx, &f);
+    rc = finish(s, &f);
     if (rc < 0)
         return rc;
     if (f.gone)
@@ -708,6 +730,7 @@ static int resume_once(struct order_app *app, struct gr_arena *a)
 
         gr_arena_init(&ra);
         rc = saga_run(&s, gr_db_text(rows, i, 0), false);
+        json_decref(s.rendered);
         gr_arena_release(&ra);
         if (rc < 0)
             gr_log_warn("saga resume failed", "order_id", gr_db_text(rows, i, 0), "code",

@@ -2,13 +2,16 @@
  * idem.c - Idempotency-Key: the `idempotency_keys` store and the request hooks that http.c calls
  * around a GR_R_IK route's handler (see idem_int.h for the whole flow).
  *
- * Concurrency: the reservation reads the row and inserts or replaces it in one transaction.
+ * Concurrency: a new key is reserved by one INSERT … ON CONFLICT DO NOTHING (alone on
+ * PostgreSQL, in a group-committed transaction on SQLite): the unique key gives it one owner.
+ * A key that exists is read and, when expired or abandoned, replaced in one transaction.
  * SQLite runs transactions one at a time; PostgreSQL runs them SERIALIZABLE, so two requests
  * racing for one key end with one owner and the other seeing a unique violation (GR_ECONFLICT)
  * or a serialization failure (GR_EBUSY); both are retried on a fresh transaction, which then
- * sees the winner's pending row and answers 409. The owner column (a fresh UUIDv7 per
- * reservation) makes completion and release touch only the caller's own reservation, never a
- * row another request took over after it was abandoned.
+ * sees the winner's pending row and answers 409. Single-statement writes (completion, release,
+ * purge, renewal) run alone on PostgreSQL: one round trip, no BEGIN/COMMIT. The owner column (a
+ * fresh UUIDv7 per reservation) makes completion and release touch only the caller's own
+ * reservation, never a row another request took over after it was abandoned.
  *
  * Leases: while gr_idem__lease_start's thread runs, a reservation carries lease_until (library
  * time, now + the lease) and the process keeps its owner token in an in-memory set until
@@ -27,6 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "db_int.h"
 #include "gr/auth.h"
 #include "gr/id.h"
 #include "gr/log.h"
@@ -39,6 +43,10 @@
 #define PURGE_BATCH 100 /* rows deleted per purge at most */
 #define REPLAY_HDR  "Idempotent-Replayed"
 #define PK_WHERE    "caller = $1 AND method = $2 AND path = $3 AND idem_key = $4"
+#define INSERT_SQL                                                                                 \
+    "INSERT INTO idempotency_keys (caller, method, path, idem_key, body_hash, state, owner,"       \
+    " created_at, expires_at, lease_until) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)" \
+    " ON CONFLICT (caller, method, path, idem_key) DO NOTHING"
 
 /* clang-format off */
 #define TABLE_SQL(BIGINT)                                                                          \
@@ -98,31 +106,45 @@ static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct g
     const char *state, *old_hash;
     long long created, expires, lease_ms = atomic_load(&lease_active_ms), until;
     long long changes = 0;
+    bool pg_alone;
     int rc;
 
-    rc = gr_db_begin(c);
-    if (rc < 0)
-        return rc;
-    rc = gr_db_query(c, a,
-                     "SELECT state, body_hash, status, content_type, headers, body, created_at,"
-                     " expires_at, lease_until FROM idempotency_keys WHERE " PK_WHERE,
-                     pk, 4, &r);
-    if (rc < 0)
-        return rc;
     memcpy(p, pk, 4 * sizeof(*pk));
     p[4] = GR_DB_TEXT(hash);
     p[5] = GR_DB_TEXT(owner);
     p[6] = GR_DB_INT(now_ms);
     p[7] = GR_DB_INT(now_ms + GR_IDEM_TTL_MS);
     p[8] = lease_ms > 0 ? GR_DB_INT(now_ms + lease_ms) : GR_DB_NULL;
-    if (gr_db_nrows(r) == 0) {
-        rc = gr_db_exec(c,
-                        "INSERT INTO idempotency_keys (caller, method, path, idem_key, body_hash,"
-                        " state, owner, created_at, expires_at, lease_until)"
-                        " VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)",
-                        p, 9, &changes);
+    /*
+     * A new key, the usual case, is one statement: the insert that does nothing when the key
+     * exists. PostgreSQL runs it alone (autocommit: one round trip instead of four), SQLite
+     * in the shared writer's transaction (group commit). Only an existing key reads the row.
+     */
+    pg_alone = c->db->engine == GR_DB_PG && !gr_db_in_tx(c);
+    if (!pg_alone) {
+        rc = gr_db_begin(c);
+        if (rc < 0)
+            return rc;
+    }
+    rc = gr_db_exec(c, INSERT_SQL, p, 9, &changes);
+    if (rc < 0 || changes == 1) {
         *outcome = GR_IDEM_OWNED;
         goto commit;
+    }
+    if (pg_alone) {
+        rc = gr_db_begin(c);
+        if (rc < 0)
+            return rc;
+    }
+    rc = gr_db_query(c, a,
+                     "SELECT state, body_hash, status, content_type, headers, body, created_at,"
+                     " expires_at, lease_until FROM idempotency_keys WHERE " PK_WHERE,
+                     pk, 4, &r);
+    if (rc < 0)
+        return rc;
+    if (gr_db_nrows(r) == 0) { /* deleted since the insert: the next attempt inserts */
+        *outcome = GR_IDEM_OWNED;
+        return GR_EBUSY;
     }
     state = gr_db_text(r, 0, 0);
     old_hash = gr_db_text(r, 0, 1);
@@ -152,7 +174,7 @@ static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct g
         stored->body = gr_db_text(r, 0, 5);
     }
 commit:
-    if (rc < 0)
+    if (rc < 0 || !gr_db_in_tx(c))
         return rc;
     return gr_db_commit(c);
 }
@@ -177,19 +199,24 @@ int gr_idem__reserve(struct gr_db_conn *c, struct gr_arena *a, const char *calle
     return rc;
 }
 
-/* Runs one write statement in its own transaction (unless one is open), retried when busy. */
+/*
+ * Runs one write statement in its own transaction (unless one is open), retried when busy:
+ * on PostgreSQL the statement alone (autocommit, one round trip), on SQLite inside a
+ * transaction of the shared writer (group commit).
+ */
 static int exec_write(struct gr_db_conn *c, const char *sql, const struct gr_db_val *p, size_t n,
                       long long *changes)
 {
+    bool pg = c->db->engine == GR_DB_PG;
     int rc;
 
     if (gr_db_in_tx(c))
         return gr_db_exec(c, sql, p, n, changes);
     for (int attempt = 1;; attempt++) {
-        rc = gr_db_begin(c);
+        rc = pg ? 0 : gr_db_begin(c);
         if (rc == 0)
             rc = gr_db_exec(c, sql, p, n, changes);
-        if (rc == 0)
+        if (rc == 0 && !pg)
             rc = gr_db_commit(c);
         if (gr_db_in_tx(c))
             (void)gr_db_rollback(c);

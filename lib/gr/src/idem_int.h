@@ -8,7 +8,8 @@
  * (caller, method, path, key): caller is the token's `sub` ("anonymous" without a token), path the
  * request path as received (without the query string).
  *
- * Flow: gr_idem__begin, in its own short transaction, reserves the key with a 'pending' row, or
+ * Flow: gr_idem__begin, with one insert (a short transaction when the key exists), reserves
+ * the key with a 'pending' row, or
  * answers from the existing row: same body (SHA-256 of the raw bytes) and done → the stored
  * response, with `Idempotent-Replayed: true`, and the handler is not run; a different body → 422
  * `idempotency_key_reuse`; still pending → 409 `idempotency_in_flight`. Rows past expires_at
