@@ -70,6 +70,8 @@ struct pay_app {
     const char *webhook_secret; /* NULL: webhooks answer 503 */
     long long auth_ttl_ms;      /* uncaptured authorisations are cancelled after this */
     long long sweep_ms;         /* sweeper period */
+    long long reconcile_ms;     /* a payment in processing this long is asked about */
+    const char *kill_at;        /* PAYMENT_TEST_KILL_AT: a point to SIGKILL at (tests only) */
     struct gr_db *db;
     pthread_t sweeper;
     bool sweeper_started;
@@ -145,11 +147,43 @@ int webhooks_receive(struct gr_req *req, struct gr_resp *resp);
 bool pay_has_card_number(json_t *j);
 
 /* ---- sweeper.c --------------------------------------------------------------------------- */
+/* The sweeper's working set: its connection and a per-pass arena. */
+struct pay_sw {
+    struct pay_app *app;
+    struct gr_db_conn *db;
+    struct gr_arena *a;
+};
+
+/** Runs @fn in a transaction on @s's connection, again when the engine reports contention. */
+GR_MUST_CHECK int pay_sw_tx(struct pay_sw *s, int (*fn)(struct pay_sw *s, void *arg), void *arg);
+/**
+ * Sends pending refund @rid (of payment @pid) to the provider (its idempotency key is @rid, so
+ * a resend is one refund) and applies the answer, logged with @source. Stays pending when the
+ * provider cannot be reached.
+ */
+void pay_send_refund(struct pay_sw *s, const char *rid, const char *pid, long long amount,
+                     const char *source);
 GR_MUST_CHECK int pay_sweeper_start(struct pay_app *app);
 void pay_sweeper_stop(struct pay_app *app);
 /** Asks for a pass now. */
 void pay_sweeper_kick(struct pay_app *app);
-/** One pass (also run by tests through the sweeper's period): expiries and order cancels. */
+/**
+ * One pass (run at start-up, then every min(PAYMENT_SWEEP_MS, PAYMENT_RECONCILE_AFTER_MS)):
+ * reconciliation, expiries and order cancels.
+ */
 void pay_sweep_once(struct pay_app *app);
+
+/* ---- reconcile.c ------------------------------------------------------------------------- */
+/**
+ * Payments left in `processing`, and API refunds left `pending`, for longer than
+ * app->reconcile_ms (a crash while the provider was being called): the provider is asked (or
+ * the call repeated with its idempotency key) and the answer applied as the API would have.
+ */
+void pay_reconcile(struct pay_sw *s);
+/**
+ * PAYMENT_TEST_KILL_AT: SIGKILLs the process (like kill -9) when @point is the configured one,
+ * so tests can crash it around a provider call. Unset in every real deployment.
+ */
+void pay_test_kill(const struct pay_app *app, const char *point);
 
 #endif

@@ -9,6 +9,9 @@
  * (409 in flight, then the stored response); the key is also kept on the payment or refund
  * row, so a request retried after a crash or a provider outage resumes the same payment,
  * and the provider's own idempotency key (our id) makes the repeated call one charge.
+ * While a payment is parked in `processing`, pending_op/pending_from/pending_reason/
+ * pending_amount name the call in flight: after a crash the reconciler (reconcile.c) uses them
+ * to finish it the way this file would have.
  */
 #include <stdio.h>
 #include <string.h>
@@ -94,9 +97,9 @@ static int create_tx(struct gr_req *req, void *arg)
         gr_db_exec(req->db,
                    "INSERT INTO payments (id, order_id, user_id, amount, currency, status,"
                    " capture_method, payment_method_id, method_ref, fingerprint, last4, provider,"
-                   " idem_caller, idem_key, created_at, updated_at)"
+                   " idem_caller, idem_key, created_at, updated_at, pending_op)"
                    " VALUES ($1, $2, $3, $4, $5, 'processing', $6, $7, $8, $9, $10, $11, $12,"
-                   " $13, $14, $14)",
+                   " $13, $14, $14, 'create')",
                    (struct gr_db_val[]){
                        GR_DB_TEXT(c->id), GR_DB_TEXT(c->order_id), GR_DB_TEXT(c->user_id),
                        GR_DB_INT(c->amount), GR_DB_TEXT(c->currency), GR_DB_TEXT(c->capture_method),
@@ -126,6 +129,11 @@ struct apply {
     long long captured;
 };
 
+/*
+ * Runs at READ COMMITTED (as create_tx, which only inserts, its unique key deciding a racing
+ * retry): pay_apply moves the payment by a conditional write (`… WHERE status = $from`) and
+ * runs again when the row moved under it.
+ */
 static int apply_tx(struct gr_req *req, void *arg)
 {
     struct apply *ap = arg;
@@ -146,8 +154,11 @@ static int drive_create(struct gr_req *req, struct gr_resp *resp, struct create 
                              .manual_capture = strcmp(c->capture_method, "manual") == 0 };
     struct pay_intent pi;
     struct apply ap = { .id = c->id };
-    int rc = app->provider.create(&app->provider, &in, &pi);
+    int rc;
 
+    pay_test_kill(app, "create_unsent");
+    rc = app->provider.create(&app->provider, &in, &pi);
+    pay_test_kill(app, "create");
     if (rc == GR_EUNAVAIL)
         return gr_resp_problem(req, resp, GR_EUNAVAIL, "provider_unavailable",
                                "the payment provider cannot be reached; retry with the same"
@@ -161,7 +172,7 @@ static int drive_create(struct gr_req *req, struct gr_resp *resp, struct create 
         ap.failure = pi.failure_code[0] ? pi.failure_code : NULL;
         ap.captured = pi.amount_received;
     }
-    rc = gr_req_tx(req, apply_tx, &ap);
+    rc = gr_req_tx_read_committed(req, apply_tx, &ap);
     if (rc < 0)
         return rc;
     return reply_payment(req, resp, 201, c->id);
@@ -291,7 +302,7 @@ int payments_create(struct gr_req *req, struct gr_resp *resp)
                                PAY_FRAUD_MAX);
 
     gr_id_new(c.id);
-    rc = gr_req_tx(req, create_tx, &c);
+    rc = gr_req_tx_read_committed(req, create_tx, &c);
     if (rc < 0)
         return rc;
     return drive_create(req, resp, &c);
@@ -449,6 +460,8 @@ struct step {
     const char *id;
     const char *const *from; /* statuses the step starts from, NULL-terminated */
     const char *verb;        /* "capture", "cancel", "confirm" */
+    const char *reason;      /* a cancel's cancellation_reason (kept while in flight) */
+    long long amount;        /* a capture's amount (kept while in flight) */
     const char *prev;        /* the status it started from (out) */
     bool own_ok;             /* the owner may do it without payments:write */
     bool invalid;            /* out: not allowed from the current status */
@@ -487,9 +500,12 @@ static int step_begin_tx(struct gr_req *req, void *arg)
     pay_now(now);
     rc = gr_db_exec(req->db,
                     "UPDATE payments SET status = 'processing', version = version + 1,"
-                    " updated_at = $3 WHERE id = $1 AND status = $2",
-                    (struct gr_db_val[]){ GR_DB_TEXT(s->id), GR_DB_TEXT(cur), GR_DB_TEXT(now) }, 3,
-                    &n);
+                    " updated_at = $3, pending_op = $4, pending_from = $2, pending_reason = $5,"
+                    " pending_amount = $6 WHERE id = $1 AND status = $2",
+                    (struct gr_db_val[]){ GR_DB_TEXT(s->id), GR_DB_TEXT(cur), GR_DB_TEXT(now),
+                                          GR_DB_TEXT(s->verb), GR_DB_TEXT(s->reason),
+                                          s->amount > 0 ? GR_DB_INT(s->amount) : GR_DB_NULL },
+                    6, &n);
     if (rc < 0)
         return rc;
     if (n != 1)
@@ -558,7 +574,7 @@ static int step_end(struct gr_req *req, struct gr_resp *resp, struct step *s, in
                  : pi->failure_code[0]               ? pi->failure_code
                                                      : NULL;
     ap.captured = pi->amount_received;
-    rc = gr_req_tx(req, apply_tx, &ap);
+    rc = gr_req_tx_read_committed(req, apply_tx, &ap);
     if (rc < 0)
         return rc;
     return reply_payment(req, resp, 200, s->id);
@@ -601,11 +617,14 @@ int payments_capture(struct gr_req *req, struct gr_resp *resp)
     }
     if (amount == 0)
         amount = gr_db_int(p.rows, 0, PC_AMOUNT);
+    s.amount = amount;
     rc = step_begin(req, resp, &s);
     if (rc < 0)
         return rc;
+    pay_test_kill(app, "capture_unsent");
     rc = app->provider.capture(&app->provider, ref_of(req, s.id), amount,
                                gr_arena_printf(req->arena, "capture-%s", s.id), &pi);
+    pay_test_kill(app, "capture");
     return step_end(req, resp, &s, rc, &pi, NULL);
 }
 
@@ -630,6 +649,7 @@ int payments_cancel(struct gr_req *req, struct gr_resp *resp)
                       &reason, NULL);
     if (resp->errs.n > 0)
         return GR_EVALID;
+    s.reason = reason ? reason : "requested_by_customer";
     rc = step_begin(req, resp, &s);
     if (rc < 0)
         return rc;
@@ -637,12 +657,13 @@ int payments_cancel(struct gr_req *req, struct gr_resp *resp)
     if (ref) {
         rc = app->provider.cancel(&app->provider, ref,
                                   gr_arena_printf(req->arena, "cancel-%s", s.id), &pi);
+        pay_test_kill(app, "cancel");
     } else {
         memset(&pi, 0, sizeof(pi));
         snprintf(pi.status, sizeof(pi.status), "canceled");
         rc = 0;
     }
-    return step_end(req, resp, &s, rc, &pi, reason ? reason : "requested_by_customer");
+    return step_end(req, resp, &s, rc, &pi, s.reason);
 }
 
 int payments_confirm(struct gr_req *req, struct gr_resp *resp)
@@ -669,6 +690,7 @@ int payments_confirm(struct gr_req *req, struct gr_resp *resp)
                                gr_arena_printf(req->arena, "confirm-%s", s.id),
                                strcmp(gr_db_text(p.rows, 0, PC_CAPMETHOD), "manual") == 0,
                                gr_db_int(p.rows, 0, PC_AMOUNT), &pi);
+    pay_test_kill(app, "confirm");
     return step_end(req, resp, &s, rc, &pi, NULL);
 }
 
@@ -768,8 +790,11 @@ static int drive_refund(struct gr_req *req, struct gr_resp *resp, const char *pi
     struct pay_app *app = app_of(req);
     struct pay_refund_res res;
     struct finish fi = { .rid = rid };
-    int rc = app->provider.refund(&app->provider, ref_of(req, pid), amount, rid, &res);
+    int rc;
 
+    pay_test_kill(app, "refund_unsent");
+    rc = app->provider.refund(&app->provider, ref_of(req, pid), amount, rid, &res);
+    pay_test_kill(app, "refund");
     if (rc == GR_EUNAVAIL)
         return gr_resp_problem(req, resp, GR_EUNAVAIL, "provider_unavailable",
                                "the payment provider cannot be reached; retry with the same"

@@ -12,6 +12,11 @@
  * is such an answer: status "requires_payment_method" and a failure code); GR_ECONFLICT when
  * the provider refuses the transition (the intent is in another state); GR_EVALID when it
  * rejects the request (unknown token); GR_EUNAVAIL when it cannot be reached or answers 5xx.
+ *
+ * retrieve (may be NULL) reads an intent's current state without changing it: the reconciler
+ * (reconcile.c) asks it about a payment left in `processing` by a crash. Without it (the
+ * stateless simulator) the reconciler repeats the call that was in flight, with the same
+ * idempotency key, which for a deterministic provider is the same question.
  */
 #ifndef PAY_PROVIDER_H
 #define PAY_PROVIDER_H
@@ -68,6 +73,7 @@ struct pay_provider {
                   struct pay_intent *out);
     int (*refund)(const struct pay_provider *p, const char *ref, long long amount,
                   const char *refund_id, struct pay_refund_res *out);
+    int (*retrieve)(const struct pay_provider *p, const char *ref, struct pay_intent *out);
     void *state;
 };
 

@@ -53,9 +53,9 @@ static void field_int(CURL *c, struct gr_buf *form, const char *name, long long 
 }
 
 /*
- * POSTs the form built by the caller on @c to base + @path; the answer's JSON in *@out (caller
- * decrefs) and its HTTP status in *@status. GR_EUNAVAIL when Stripe cannot be reached or the
- * answer is not JSON.
+ * POSTs the form built by the caller on @c to base + @path (a GET when @form is NULL); the
+ * answer's JSON in *@out (caller decrefs) and its HTTP status in *@status. GR_EUNAVAIL when
+ * Stripe cannot be reached or the answer is not JSON.
  */
 static int post(const struct stripe *s, CURL *c, const char *path, struct gr_buf *form,
                 const char *idem, json_t **out, long *status)
@@ -72,7 +72,8 @@ static int post(const struct stripe *s, CURL *c, const char *path, struct gr_buf
     snprintf(url, sizeof(url), "%s%s", s->base, path);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", s->key);
     hdrs = curl_slist_append(hdrs, auth);
-    hdrs = curl_slist_append(hdrs, "Content-Type: application/x-www-form-urlencoded");
+    if (form)
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/x-www-form-urlencoded");
     hdrs = curl_slist_append(hdrs, "Stripe-Version: 2024-06-20");
     if (idem) {
         snprintf(ik, sizeof(ik), "Idempotency-Key: %s", idem);
@@ -85,9 +86,13 @@ static int post(const struct stripe *s, CURL *c, const char *path, struct gr_buf
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_MS);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "gravity-payment-service");
-    curl_easy_setopt(c, CURLOPT_POST, 1L);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, form->len ? gr_buf_cstr(form) : "");
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)form->len);
+    if (form) {
+        curl_easy_setopt(c, CURLOPT_POST, 1L);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, form->len ? gr_buf_cstr(form) : "");
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)form->len);
+    } else {
+        curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    }
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
     res = curl_easy_perform(c);
@@ -333,6 +338,25 @@ static int s_refund(const struct pay_provider *p, const char *ref, long long amo
     return rc;
 }
 
+/* GET /v1/payment_intents/{ref}: the intent as Stripe has it now (no idempotency key: a read). */
+static int s_retrieve(const struct pay_provider *p, const char *ref, struct pay_intent *out)
+{
+    CURL *c;
+    char path[256];
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (!ref_ok(ref))
+        return GR_EVALID;
+    c = curl_easy_init();
+    if (!c)
+        return GR_EUNAVAIL;
+    snprintf(path, sizeof(path), "/v1/payment_intents/%s", ref);
+    rc = call_intent(p, path, NULL, c, NULL, out);
+    curl_easy_cleanup(c);
+    return rc;
+}
+
 static struct stripe stripe_state;
 
 void pay_provider_stripe(struct pay_provider *p, const char *base, const char *key)
@@ -348,5 +372,6 @@ void pay_provider_stripe(struct pay_provider *p, const char *base, const char *k
     p->capture = s_capture;
     p->cancel = s_cancel;
     p->refund = s_refund;
+    p->retrieve = s_retrieve;
     p->state = &stripe_state;
 }

@@ -12,6 +12,12 @@
  *   STRIPE_WEBHOOK_SECRET   webhook signing secret (stripe); PAYMENT_WEBHOOK_SECRET (test)
  *   PAYMENT_AUTH_TTL_S      uncaptured authorisations are cancelled after this (604800 = 7 d)
  *   PAYMENT_SWEEP_MS        how often the sweeper runs (default 60000)
+ *   PAYMENT_RECONCILE_AFTER_MS  a payment in `processing` (a refund `pending`) this long was
+ *                           left by a crash: the sweeper reconciles it with the provider
+ *                           (reconcile.c; default 30000, above a provider call's 13 s limit)
+ *   PAYMENT_TEST_KILL_AT    TESTS ONLY: SIGKILL the process at a point around a provider call
+ *                           (create|create_unsent|capture|capture_unsent|cancel|confirm|
+ *                           refund|refund_unsent; `_unsent`: before the call, else after it)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +51,11 @@ static int init(struct gr_ctx *ctx, void **out)
     static const char *const schemes[] = { "http", "https", NULL };
     struct pay_app *app;
     const char *provider, *key = NULL, *base = NULL, *secret = NULL;
-    long long ttl, sweep;
+    static const char *const kill_points[] = { "create",         "create_unsent", "capture",
+                                               "capture_unsent", "cancel",        "confirm",
+                                               "refund",         "refund_unsent", NULL };
+    const char *kill_at = NULL;
+    long long ttl, sweep, reconcile;
     char err[256];
     int rc;
 
@@ -53,7 +63,10 @@ static int init(struct gr_ctx *ctx, void **out)
     if (gr_config_str("PAYMENT_PROVIDER", "test", providers, &provider, err, sizeof(err)) < 0 ||
         gr_config_int("PAYMENT_AUTH_TTL_S", 7LL * 24 * 3600, 1, 90LL * 24 * 3600, &ttl, err,
                       sizeof(err)) < 0 ||
-        gr_config_int("PAYMENT_SWEEP_MS", 60000, 10, 3600000, &sweep, err, sizeof(err)) < 0)
+        gr_config_int("PAYMENT_SWEEP_MS", 60000, 10, 3600000, &sweep, err, sizeof(err)) < 0 ||
+        gr_config_int("PAYMENT_RECONCILE_AFTER_MS", 30000, 10, 24LL * 3600 * 1000, &reconcile, err,
+                      sizeof(err)) < 0 ||
+        gr_config_str("PAYMENT_TEST_KILL_AT", NULL, kill_points, &kill_at, err, sizeof(err)) < 0)
         return cfg_fail(err);
     if (strcmp(provider, "stripe") == 0) {
         if (gr_config_str("STRIPE_API_KEY", NULL, NULL, &key, err, sizeof(err)) < 0 ||
@@ -78,6 +91,8 @@ static int init(struct gr_ctx *ctx, void **out)
     app->webhook_secret = secret && secret[0] ? secret : NULL;
     app->auth_ttl_ms = ttl * 1000;
     app->sweep_ms = sweep;
+    app->reconcile_ms = reconcile;
+    app->kill_at = kill_at;
     app->db = ctx->db;
     pthread_mutex_init(&app->mu, NULL);
     pthread_cond_init(&app->cv, NULL);
@@ -87,6 +102,9 @@ static int init(struct gr_ctx *ctx, void **out)
         gr_free(app);
         return rc;
     }
+    if (kill_at)
+        gr_log_warn("PAYMENT_TEST_KILL_AT is set: this process kills itself (tests only)", "point",
+                    kill_at);
     gr_log_info("payment provider ready", "provider", app->provider.name, "livemode",
                 app->provider.livemode ? "true" : "false");
     *out = app;

@@ -6,7 +6,10 @@
  *     refunded for what is left when they succeeded: the refund is recorded (amount reserved,
  *     flag cleared) in one transaction, so it happens once, then sent to the provider;
  *   - such refunds still pending (the provider could not be reached) are sent again; the
- *     provider's idempotency key is the refund id, so a resend is one refund.
+ *     provider's idempotency key is the refund id, so a resend is one refund;
+ *   - payments left in `processing` and API refunds left `pending` by a crash are reconciled
+ *     with the provider (reconcile.c).
+ * A pass runs at start-up, then every min(PAYMENT_SWEEP_MS, PAYMENT_RECONCILE_AFTER_MS).
  * Provider calls happen with no transaction open, between short transactions.
  */
 #include <errno.h>
@@ -21,14 +24,7 @@
 #define BATCH    50
 #define ATTEMPTS 8
 
-struct sw {
-    struct pay_app *app;
-    struct gr_db_conn *db;
-    struct gr_arena *a;
-};
-
-/* Runs @fn in a transaction, again when the engine reports contention. */
-static int in_tx(struct sw *s, int (*fn)(struct sw *s, void *arg), void *arg)
+int pay_sw_tx(struct pay_sw *s, int (*fn)(struct pay_sw *s, void *arg), void *arg)
 {
     int rc = GR_EBUSY;
 
@@ -53,7 +49,7 @@ struct cancel {
     int prc;
 };
 
-static int cancel_begin(struct sw *s, void *arg)
+static int cancel_begin(struct pay_sw *s, void *arg)
 {
     struct cancel *c = arg;
     struct pay_row p;
@@ -73,9 +69,11 @@ static int cancel_begin(struct sw *s, void *arg)
     pay_now(now);
     rc = gr_db_exec(s->db,
                     "UPDATE payments SET status = 'processing', version = version + 1,"
-                    " updated_at = $3 WHERE id = $1 AND status = $2",
-                    (struct gr_db_val[]){ GR_DB_TEXT(c->id), GR_DB_TEXT(cur), GR_DB_TEXT(now) }, 3,
-                    &n);
+                    " updated_at = $3, pending_op = 'cancel', pending_from = $2,"
+                    " pending_reason = $4 WHERE id = $1 AND status = $2",
+                    (struct gr_db_val[]){ GR_DB_TEXT(c->id), GR_DB_TEXT(cur), GR_DB_TEXT(now),
+                                          GR_DB_TEXT(c->reason) },
+                    4, &n);
     if (rc < 0)
         return rc;
     if (n != 1)
@@ -85,7 +83,7 @@ static int cancel_begin(struct sw *s, void *arg)
                    gr_db_text(p.rows, 0, PC_CURRENCY), NULL, c->source, NULL);
 }
 
-static int cancel_end(struct sw *s, void *arg)
+static int cancel_end(struct pay_sw *s, void *arg)
 {
     struct cancel *c = arg;
     char now[GR_TIME_STR_LEN];
@@ -110,13 +108,13 @@ static int cancel_end(struct sw *s, void *arg)
 }
 
 /* Voids payment @id at the provider and here. */
-static void cancel_payment(struct sw *s, const char *id, const char *reason, const char *source)
+static void cancel_payment(struct pay_sw *s, const char *id, const char *reason, const char *source)
 {
     struct pay_provider *pv = &s->app->provider;
     struct cancel c = { .id = id, .reason = reason, .source = source };
     struct pay_row p;
     const char *ref;
-    int rc = in_tx(s, cancel_begin, &c);
+    int rc = pay_sw_tx(s, cancel_begin, &c);
 
     if (rc < 0 || !c.started) {
         if (rc < 0)
@@ -134,7 +132,7 @@ static void cancel_payment(struct sw *s, const char *id, const char *reason, con
     }
     if (c.prc == 0 && strcmp(pay_status_of(&c.pi), "cancelled") != 0)
         c.prc = GR_ECONFLICT;
-    rc = in_tx(s, cancel_end, &c);
+    rc = pay_sw_tx(s, cancel_end, &c);
     if (rc < 0 || c.prc < 0)
         gr_log_warn("sweeper: cancel failed", "payment_id", id, "code",
                     gr_err_name(rc < 0 ? rc : c.prc));
@@ -147,7 +145,7 @@ struct oc_refund {
 };
 
 /* Records the refund of what is left of succeeded payment @pid, once (clears the flag). */
-static int oc_refund_begin(struct sw *s, void *arg)
+static int oc_refund_begin(struct pay_sw *s, void *arg)
 {
     struct oc_refund *o = arg;
     struct pay_row p;
@@ -195,23 +193,23 @@ static int oc_refund_begin(struct sw *s, void *arg)
 }
 
 struct finish {
-    const char *rid, *ref, *failure;
+    const char *rid, *ref, *failure, *source;
     bool ok;
 };
 
-static int finish_tx(struct sw *s, void *arg)
+static int finish_tx(struct pay_sw *s, void *arg)
 {
     struct finish *f = arg;
 
-    return pay_refund_finish(s->db, s->a, f->rid, f->ok, f->ref, f->failure, "event", NULL);
+    return pay_refund_finish(s->db, s->a, f->rid, f->ok, f->ref, f->failure, f->source, NULL);
 }
 
-/* Sends pending refund @rid (of payment @pid) to the provider and applies the answer. */
-static void send_refund(struct sw *s, const char *rid, const char *pid, long long amount)
+void pay_send_refund(struct pay_sw *s, const char *rid, const char *pid, long long amount,
+                     const char *source)
 {
     struct pay_provider *pv = &s->app->provider;
     struct pay_refund_res res;
-    struct finish f = { .rid = rid };
+    struct finish f = { .rid = rid, .source = source };
     struct pay_row p;
     int rc = pay_load(s->db, s->a, pid, &p);
 
@@ -223,12 +221,12 @@ static void send_refund(struct sw *s, const char *rid, const char *pid, long lon
     f.ok = rc == 0 && strcmp(res.status, "failed") != 0;
     f.ref = rc == 0 ? res.id : NULL;
     f.failure = rc == 0 && res.failure_code[0] ? res.failure_code : "provider_refused";
-    rc = in_tx(s, finish_tx, &f);
+    rc = pay_sw_tx(s, finish_tx, &f);
     if (rc < 0)
         gr_log_warn("sweeper: refund not finished", "refund_id", rid, "code", gr_err_name(rc));
 }
 
-static void order_cancels(struct sw *s)
+static void order_cancels(struct pay_sw *s)
 {
     struct gr_db_rows *r;
     int rc = gr_db_query(s->db, s->a,
@@ -250,7 +248,7 @@ static void order_cancels(struct sw *s)
             continue;
         }
         o.clear_only = strcmp(st, "succeeded") != 0;
-        rc = in_tx(s, oc_refund_begin, &o);
+        rc = pay_sw_tx(s, oc_refund_begin, &o);
         if (rc < 0)
             gr_log_warn("sweeper: order cancel not applied", "payment_id", id, "code",
                         gr_err_name(rc));
@@ -263,10 +261,10 @@ static void order_cancels(struct sw *s)
     if (rc < 0)
         return;
     for (size_t i = 0; i < gr_db_nrows(r); i++)
-        send_refund(s, gr_db_text(r, i, 0), gr_db_text(r, i, 1), gr_db_int(r, i, 2));
+        pay_send_refund(s, gr_db_text(r, i, 0), gr_db_text(r, i, 1), gr_db_int(r, i, 2), "event");
 }
 
-static void expiries(struct sw *s)
+static void expiries(struct pay_sw *s)
 {
     char cutoff[GR_TIME_STR_LEN];
     struct gr_db_rows *r;
@@ -286,11 +284,12 @@ static void expiries(struct sw *s)
 void pay_sweep_once(struct pay_app *app)
 {
     struct gr_arena a;
-    struct sw s = { .app = app, .a = &a };
+    struct pay_sw s = { .app = app, .a = &a };
 
     if (gr_db_conn(app->db, &s.db) < 0)
         return;
     gr_arena_init(&a);
+    pay_reconcile(&s);
     expiries(&s);
     order_cancels(&s);
     gr_arena_release(&a);
@@ -299,14 +298,18 @@ void pay_sweep_once(struct pay_app *app)
 static void *sweeper_main(void *arg)
 {
     struct pay_app *app = arg;
+    long long period = app->sweep_ms;
 
+    if (app->reconcile_ms > 0 && app->reconcile_ms < period)
+        period = app->reconcile_ms;
+    pay_sweep_once(app); /* at start-up: what a crash left in flight */
     pthread_mutex_lock(&app->mu);
     while (!app->stop) {
         struct timespec ts;
 
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += app->sweep_ms / 1000;
-        ts.tv_nsec += (long)(app->sweep_ms % 1000) * 1000000L;
+        ts.tv_sec += period / 1000;
+        ts.tv_nsec += (long)(period % 1000) * 1000000L;
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;

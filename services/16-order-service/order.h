@@ -154,7 +154,12 @@ GR_MUST_CHECK int order_transition(struct gr_db_conn *db, struct gr_arena *a, co
 GR_MUST_CHECK int order_transition_r(struct gr_db_conn *db, struct gr_arena *a, const char *id,
                                      const char *from, const char *to, const char *reason,
                                      const char *actor, const char *traceparent, json_t **rendered);
-/** Runs @fn in its own transaction on @db, again while the engine answers GR_EBUSY. */
+/**
+ * Runs @fn in its own transaction on @db, again while the engine answers GR_EBUSY. READ
+ * COMMITTED on PostgreSQL: the saga's transactions change an order only by conditional
+ * writes on its row (`… WHERE status = 'PENDING'`, the lease's `lease_until < now`), which
+ * PostgreSQL re-checks on the locked row, and read back only what they wrote.
+ */
 GR_MUST_CHECK int order_tx(struct gr_db_conn *db, int (*fn)(struct gr_db_conn *db, void *arg),
                            void *arg);
 

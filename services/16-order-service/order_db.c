@@ -191,7 +191,7 @@ int order_tx(struct gr_db_conn *db, int (*fn)(struct gr_db_conn *db, void *arg),
     for (int attempt = 1; rc == GR_EBUSY && attempt <= 10; attempt++) {
         if (attempt > 1)
             usleep((useconds_t)(500 << (attempt < 8 ? attempt : 8)));
-        rc = gr_db_begin(db);
+        rc = gr_db_begin_read_committed(db);
         if (rc == 0)
             rc = fn(db, arg);
         if (rc == 0)

@@ -378,7 +378,9 @@ int orders_create(struct gr_req *req, struct gr_resp *resp)
         memset(&c.tax, 0, sizeof(c.tax));
     gr_id_new(id);
     c.id = id;
-    rc = gr_req_tx(req, create_tx, &c);
+    /* READ COMMITTED: it only inserts new rows (the unique key decides a racing retry) and
+     * reads them back; SERIALIZABLE would lock index pages its neighbours write too. */
+    rc = gr_req_tx_read_committed(req, create_tx, &c);
     if (rc == GR_ECONFLICT) /* the same key raced in another request */
         return gr_resp_problem(req, resp, GR_ECONFLICT, "idempotency_in_flight",
                                "a request with this Idempotency-Key is still in progress");

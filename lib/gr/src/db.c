@@ -991,6 +991,11 @@ int gr_db_begin(struct gr_db_conn *c)
     return begin_tx(c, "BEGIN ISOLATION LEVEL SERIALIZABLE");
 }
 
+int gr_db_begin_read_committed(struct gr_db_conn *c)
+{
+    return begin_tx(c, "BEGIN ISOLATION LEVEL READ COMMITTED");
+}
+
 int gr_db_rollback(struct gr_db_conn *c)
 {
     int rc = 0;

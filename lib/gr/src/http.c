@@ -608,17 +608,22 @@ static void rollback_cb(void *p)
         (void)gr_db_rollback(c);
 }
 
-int gr_req_begin(struct gr_req *req)
+static int req_begin(struct gr_req *req, bool read_committed)
 {
     int rc;
 
     if (!req->db)
         return GR_EUNAVAIL;
-    rc = gr_db_begin(req->db);
+    rc = read_committed ? gr_db_begin_read_committed(req->db) : gr_db_begin(req->db);
     if (rc < 0)
         return rc;
     gr_arena_defer(req->arena, rollback_cb, req->db);
     return 0;
+}
+
+int gr_req_begin(struct gr_req *req)
+{
+    return req_begin(req, false);
 }
 
 #define BUSY_ATTEMPTS 8 /* with exponential backoff: at most ~130 ms of pauses in all */
@@ -635,14 +640,15 @@ static void busy_pause(int attempt)
     usleep((useconds_t)(window / 2 + jitter));
 }
 
-int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), void *arg)
+static int req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), void *arg,
+                  bool read_committed)
 {
     int rc = GR_EBUSY;
 
     for (int attempt = 1; rc == GR_EBUSY && attempt <= BUSY_ATTEMPTS; attempt++) {
         if (attempt > 1)
             busy_pause(attempt - 1);
-        rc = gr_req_begin(req);
+        rc = req_begin(req, read_committed);
         if (rc == 0)
             rc = fn(req, arg);
         if (rc == 0)
@@ -651,6 +657,17 @@ int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), void
             (void)gr_db_rollback(req->db);
     }
     return rc;
+}
+
+int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), void *arg)
+{
+    return req_tx(req, fn, arg, false);
+}
+
+int gr_req_tx_read_committed(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg),
+                             void *arg)
+{
+    return req_tx(req, fn, arg, true);
 }
 
 static void reset_response(struct gr_resp *resp)

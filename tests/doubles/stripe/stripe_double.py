@@ -11,10 +11,12 @@ Binds 127.0.0.1 on a free port (written to --port-file). Speaks Stripe's wire fo
                                          payment_method | payment_method_data[card][token],
                                          metadata[payment_id]
   POST /v1/payment_intents/{id}/confirm|capture|cancel
-  GET  /v1/payment_intents/{id}
+  GET  /v1/payment_intents/{id}          the intent as it is now (a read: changes nothing)
   POST /v1/refunds                       payment_intent, amount
 Requests need `Authorization: Bearer <api key>`; `Idempotency-Key` replays the first answer
-(as Stripe does), and concurrent requests with one key are serialised.
+(as Stripe does: a create sent again with the key returns the intent the first one made, and
+makes no second one), and concurrent requests with one key are serialised. The first request
+is carried out even when its client is gone before the answer (a killed caller).
 Known tokens: tok_visa (approved), tok_chargeDeclined (402 card_declined),
 tok_threeDSecureRequired (requires_action until confirmed).
 
@@ -24,7 +26,11 @@ Webhooks: when --webhook-url is set, state changes are sent there as signed even
 like an event that overtakes the response).
 
 Control endpoints (not Stripe's; for tests):
-  GET  /_double/calls[?path=/v1/payment_intents]  {"count": n, "calls": [{method, path, …}]}
+  GET  /_double/calls[?path=/v1/payment_intents]  {"count": n, "calls": [{method, path, …,
+                                                  "replayed": the Idempotency-Key's stored answer}]}
+                                                  (GET /v1/payment_intents/{id} is recorded too)
+  GET  /_double/intents                           {"intents": [every PaymentIntent made, with
+                                                  "refunded": the amount refunded]}
   GET  /_double/webhooks                          every webhook sent and the answer status
   POST /_double/config   {"webhooks": "off"|"after"|"before", "webhook_url"?: URL,
                           "fail_next"?: n}   (n: the next n Stripe calls answer 500 api_error)
@@ -124,11 +130,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def reply(self, status, obj):
         body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the caller is gone (killed): the work is done
 
     def body(self):
         n = int(self.headers.get("Content-Length") or 0)
@@ -145,6 +154,11 @@ class Handler(BaseHTTPRequestHandler):
                          if "path" not in q or c["path"] == q["path"][0]]
                 self.reply(200, {"count": len(calls), "calls": calls})
             return
+        if u.path == "/_double/intents":
+            with st.lock:
+                self.reply(200, {"intents": [dict(pi, refunded=st.refunded.get(k, 0))
+                                             for k, pi in st.intents.items()]})
+            return
         if u.path == "/_double/webhooks":
             with st.lock:
                 self.reply(200, {"webhooks": list(st.webhooks)})
@@ -153,6 +167,8 @@ class Handler(BaseHTTPRequestHandler):
             if not self.authorised():
                 return
             with st.lock:
+                st.calls.append({"method": "GET", "path": "/v1/payment_intents/{id}",
+                                 "id": u.path.rsplit("/", 1)[1], "time": time.time()})
                 pi = st.intents.get(u.path.rsplit("/", 1)[1])
             if not pi:
                 self.reply(404, {"error": {"type": "invalid_request_error",
@@ -207,10 +223,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         form = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode(), keep_blank_values=True).items()}
         key = self.headers.get("Idempotency-Key")
+        rec = {"method": "POST", "path": path if not path.startswith("/v1/payment_intents/")
+               else "/v1/payment_intents/{id}/" + path.rsplit("/", 1)[1],
+               "idempotency_key": key, "form": form, "time": time.time(), "replayed": False}
         with st.lock:
-            st.calls.append({"method": "POST", "path": path if not path.startswith("/v1/payment_intents/")
-                             else "/v1/payment_intents/{id}/" + path.rsplit("/", 1)[1],
-                             "idempotency_key": key, "form": form, "time": time.time()})
+            st.calls.append(rec)
             lk = st.idem_locks.setdefault(key, threading.Lock()) if key else None
             fault = st.fail_next > 0
             if fault:
@@ -223,6 +240,8 @@ class Handler(BaseHTTPRequestHandler):
                 with st.lock:
                     done = st.idem.get((key, path))
                 if done:
+                    with st.lock:
+                        rec["replayed"] = True
                     self.reply(done[0], done[1])
                     return
                 status, obj, after = self.stripe(path, form)

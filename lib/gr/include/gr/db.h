@@ -163,6 +163,16 @@ void gr_db_rows_set(struct gr_db_rows *r, size_t row, size_t col, const char *te
  */
 GR_MUST_CHECK int gr_db_begin(struct gr_db_conn *c);
 /**
+ * gr_db_begin at READ COMMITTED on PostgreSQL (SQLite: gr_db_begin; it runs one writer at a
+ * time). For a transaction whose correctness rests on unique keys, row locks (FOR UPDATE) and
+ * conditional writes (`UPDATE … WHERE status = $n`, checking the rows changed) rather than on
+ * one snapshot of what it read: e.g. one that inserts new rows and reads them back. It takes no
+ * predicate locks, so it neither fails nor makes others fail with false serialization
+ * conflicts (SERIALIZABLE locks whole index pages: rows with neighbouring keys, like UUIDv7 ids
+ * made at the same moment, collide).
+ */
+GR_MUST_CHECK int gr_db_begin_read_committed(struct gr_db_conn *c);
+/**
  * Commits. On any failure the transaction is rolled back, so none is open afterwards. When a
  * statement failed inside the transaction, nothing is committed and that statement's error is
  * returned. Serialization failures at commit give GR_EBUSY.

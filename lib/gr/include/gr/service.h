@@ -85,5 +85,8 @@ GR_MUST_CHECK int gr_req_begin(struct gr_req *req);
  */
 GR_MUST_CHECK int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg),
                             void *arg);
+/** gr_req_tx at READ COMMITTED on PostgreSQL (see gr_db_begin_read_committed). */
+GR_MUST_CHECK int gr_req_tx_read_committed(struct gr_req *req,
+                                           int (*fn)(struct gr_req *req, void *arg), void *arg);
 
 #endif
