@@ -39,16 +39,6 @@ struct gr_json_rd inv_rd(struct gr_req *req, struct gr_resp *resp)
     return (struct gr_json_rd){ .a = req->arena, .errs = &resp->errs };
 }
 
-int inv_tx_read_committed(struct gr_db *gdb, struct gr_db_conn *db)
-{
-    /* gr_db opens SERIALIZABLE transactions; the first statement may still change that. */
-    if (!gr_db_in_tx(db))
-        return GR_EINTERNAL;
-    if (gr_db_engine(gdb) != GR_DB_PG)
-        return 0;
-    return gr_db_exec(db, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED", NULL, 0, NULL);
-}
-
 bool inv_sku_valid(const char *s)
 {
     size_t n = s ? strlen(s) : 0;

@@ -7,9 +7,9 @@
  * Concurrency (SERVICES §18 "available never goes negative"): every stock change is a
  * conditional UPDATE (`... WHERE on_hand - reserved >= $n`), backed by the CHECK constraints of
  * stock_levels. Write transactions of the HTTP handlers and the sweeper run READ COMMITTED on
- * PostgreSQL (inv_tx_read_committed) and lock the stock levels they change (SELECT ... FOR
- * UPDATE, skus in order), so 50 clients racing for one level wait for each other instead of
- * failing serialization; on SQLite writers are serialised anyway.
+ * PostgreSQL (routes flagged GR_R_READ_COMMITTED, gr_db_begin_read_committed) and lock the stock
+ * levels they change (SELECT ... FOR UPDATE, skus in order), so 50 clients racing for one level
+ * wait for each other instead of failing serialization; on SQLite writers are serialised anyway.
  */
 #ifndef INVENTORY_H
 #define INVENTORY_H
@@ -81,11 +81,6 @@ void inv_now(char out[GR_TIME_STR_LEN]);
 GR_MUST_CHECK int inv_check_read(struct gr_req *req, struct gr_resp *resp);
 /** A reader context accumulating field errors into the response. */
 struct gr_json_rd inv_rd(struct gr_req *req, struct gr_resp *resp);
-/**
- * First statement of a write transaction: READ COMMITTED on PostgreSQL (see the file comment),
- * nothing on SQLite. Must run before any other statement of the transaction.
- */
-GR_MUST_CHECK int inv_tx_read_committed(struct gr_db *gdb, struct gr_db_conn *db);
 /** True for a sku: 1..INV_SKU_MAX of [A-Za-z0-9._-]. */
 bool inv_sku_valid(const char *s);
 /** Reads the sku member @key (required) of @obj at @ptr, with the format check. */

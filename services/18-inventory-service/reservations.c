@@ -221,9 +221,7 @@ int inv_sweep_once(struct inv_app *app, struct gr_arena *a)
         const char *id = gr_db_text(rows, i, 0), *slug = NULL;
         bool changed = false;
 
-        rc = gr_db_begin(db);
-        if (rc == 0)
-            rc = inv_tx_read_committed(app->db, db);
+        rc = gr_db_begin_read_committed(db);
         if (rc == 0)
             rc = inv_res_apply(db, a, app, id, INV_EXPIRE, NULL, &slug, &changed);
         if (rc == 0)
@@ -339,9 +337,7 @@ int res_create(struct gr_req *req, struct gr_resp *resp)
     read_body(req, resp, &order_id, &ttl, lines, &n);
     if (resp->errs.n > 0)
         return GR_EVALID;
-    rc = inv_tx_read_committed(req->ctx->db, req->db);
-    if (rc == 0)
-        rc = inv_res_by_order(req->db, req->arena, order_id, &existing);
+    rc = inv_res_by_order(req->db, req->arena, order_id, &existing);
     if (rc < 0)
         return rc;
     if (existing)
@@ -515,10 +511,8 @@ static int transition(struct gr_req *req, struct gr_resp *resp, enum inv_op op)
 
     if (!gr_id_valid(id, strlen(id)))
         return GR_ENOTFOUND;
-    rc = inv_tx_read_committed(req->ctx->db, req->db);
-    if (rc == 0)
-        rc = inv_res_apply(req->db, req->arena, req->app, id, op, gr_req_header(req, "traceparent"),
-                           &slug, &changed);
+    rc = inv_res_apply(req->db, req->arena, req->app, id, op, gr_req_header(req, "traceparent"),
+                       &slug, &changed);
     if (rc == GR_ECONFLICT && slug == NULL)
         rc = GR_EINTERNAL; /* a constraint of the effect, not a state conflict: a bug */
     if (rc == GR_ECONFLICT)

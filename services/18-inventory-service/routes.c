@@ -8,7 +8,8 @@
 #define I         "/api/v1/inventory"
 #define W         "/api/v1/warehouses"
 #define WR        "inventory:write"
-#define W_JSON_IK (GR_R_JSON | GR_R_TX | GR_R_IK)
+#define RC        (GR_R_TX | GR_R_READ_COMMITTED) /* see inventory.h */
+#define W_JSON_IK (GR_R_JSON | RC | GR_R_IK)
 
 /* clang-format off */
 const struct gr_route inv_routes[INV_NROUTES] = {
@@ -17,9 +18,9 @@ const struct gr_route inv_routes[INV_NROUTES] = {
     {"POST", I "/transfers",                 stock_transfer,  W_JSON_IK, WR, NULL, 0},
     {"POST", I "/reservations",              res_create,      W_JSON_IK, WR, NULL, 0},
     {"GET",  I "/reservations/{id}",         res_get,         GR_R_AUTH, NULL, NULL, 0},
-    {"POST", I "/reservations/{id}/confirm", res_confirm,     GR_R_TX, WR, NULL, 0},
-    {"POST", I "/reservations/{id}/commit",  res_commit,      GR_R_TX, WR, NULL, 0},
-    {"POST", I "/reservations/{id}/release", res_release,     GR_R_TX, WR, NULL, 0},
+    {"POST", I "/reservations/{id}/confirm", res_confirm,     RC, WR, NULL, 0},
+    {"POST", I "/reservations/{id}/commit",  res_commit,      RC, WR, NULL, 0},
+    {"POST", I "/reservations/{id}/release", res_release,     RC, WR, NULL, 0},
     {"GET",  I "/{sku}",                     stock_get,       GR_R_AUTH, NULL, NULL, 0},
     {"GET",  I "/{sku}/movements",           stock_movements, GR_R_AUTH, NULL, "warehouse_id,limit,cursor", 0},
     {"GET",  W,                              wh_list,         GR_R_AUTH, NULL, "limit,cursor", 0},

@@ -280,9 +280,7 @@ int stock_adjust(struct gr_req *req, struct gr_resp *resp)
     (void)gr_json_str(&rd, req->json, "", "note", GR_JSON_NULLABLE, 1, INV_NOTE_MAX, &note, NULL);
     if (resp->errs.n > 0)
         return GR_EVALID;
-    rc = inv_tx_read_committed(req->ctx->db, req->db);
-    if (rc == 0)
-        rc = check_wh(req, resp, wh, "/warehouse_id", &ok);
+    rc = check_wh(req, resp, wh, "/warehouse_id", &ok);
     if (rc < 0)
         return rc;
     if (!ok)
@@ -367,9 +365,7 @@ int stock_transfer(struct gr_req *req, struct gr_resp *resp)
         gr_resp_field_error(req, resp, "/to_warehouse_id", "must differ from from_warehouse_id");
     if (resp->errs.n > 0)
         return GR_EVALID;
-    rc = inv_tx_read_committed(req->ctx->db, req->db);
-    if (rc == 0)
-        rc = inv_sku_known(req->db, req->arena, sku, &ok);
+    rc = inv_sku_known(req->db, req->arena, sku, &ok);
     if (rc < 0)
         return rc;
     if (!ok) {

@@ -790,7 +790,8 @@ static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem 
     int rc;
 
     if (req->route->flags & GR_R_TX) {
-        rc = gr_db_begin(req->db);
+        rc = (req->route->flags & GR_R_READ_COMMITTED) ? gr_db_begin_read_committed(req->db)
+                                                       : gr_db_begin(req->db);
         if (rc < 0)
             return rc;
     }

@@ -16,16 +16,18 @@
 #include "gr/http.h"
 
 enum gr_route_flags {
-    GR_R_PUBLIC = 0,            /* no token needed; a token that is sent must still be valid */
-    GR_R_AUTH = 1u << 0,        /* a valid bearer token is required (401 otherwise) */
-    GR_R_JSON = 1u << 1,        /* the body is JSON: 415 on other types, parsed into req->json */
-    GR_R_TX = 1u << 2,          /* run the handler inside a DB transaction (commit on success) */
-    GR_R_IK = 1u << 3,          /* honours Idempotency-Key (events issue) */
-    GR_R_IK_REQUIRED = 1u << 4, /* requires Idempotency-Key (events issue) */
-    GR_R_INTERNAL = 1u << 5,    /* platform route (/health, /metrics): no access log at info */
-    GR_R_OWN_AUTHZ = 1u << 6,   /* public route whose handler reads a non-Bearer Authorization
-                                 * itself (Basic client authentication of an OAuth token
-                                 * endpoint); elsewhere another scheme is a 401 */
+    GR_R_PUBLIC = 0,               /* no token needed; a token that is sent must still be valid */
+    GR_R_AUTH = 1u << 0,           /* a valid bearer token is required (401 otherwise) */
+    GR_R_JSON = 1u << 1,           /* the body is JSON: 415 on other types, parsed into req->json */
+    GR_R_TX = 1u << 2,             /* run the handler inside a DB transaction (commit on success) */
+    GR_R_IK = 1u << 3,             /* honours Idempotency-Key (events issue) */
+    GR_R_IK_REQUIRED = 1u << 4,    /* requires Idempotency-Key (events issue) */
+    GR_R_INTERNAL = 1u << 5,       /* platform route (/health, /metrics): no access log at info */
+    GR_R_OWN_AUTHZ = 1u << 6,      /* public route whose handler reads a non-Bearer Authorization
+                                    * itself (Basic client authentication of an OAuth token
+                                    * endpoint); elsewhere another scheme is a 401 */
+    GR_R_READ_COMMITTED = 1u << 7, /* with GR_R_TX: the transaction is READ COMMITTED on
+                                    * PostgreSQL (gr_db_begin_read_committed) */
 };
 
 struct gr_route {

@@ -289,6 +289,54 @@ static void test_tx(void **state)
     assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM t"), 2);
 }
 
+/*
+ * gr_db_begin_read_committed: on PostgreSQL each statement sees what others committed before
+ * it ran, where gr_db_begin's SERIALIZABLE snapshot stays put; on SQLite it is a plain
+ * transaction (writers are serialised).
+ */
+static void test_read_committed(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_opts opts = { .busy_timeout_ms = 5000 };
+    const char *ins = "INSERT INTO rc (k) VALUES ($1)";
+    struct gr_db_val x[] = { GR_DB_TEXT("x") };
+    bool pg = gr_db_engine(e->db) == GR_DB_PG;
+    struct gr_db *other;
+    struct gr_db_conn *c2;
+    char err[256];
+
+    exec_ok(e, "CREATE TABLE rc (k TEXT PRIMARY KEY)");
+    assert_int_equal(gr_db_open(e->url, &opts, &other, err, sizeof(err)), 0);
+    assert_int_equal(gr_db_conn(other, &c2), 0); /* another connection, same thread */
+    for (int serializable = 0; serializable < 2; serializable++) {
+        struct gr_db_val k1 = GR_DB_TEXT(serializable ? "s1" : "r1");
+        struct gr_db_val k2 = GR_DB_TEXT(serializable ? "s2" : "r2");
+        long long before = serializable ? 2 : 0;
+
+        assert_int_equal(serializable ? gr_db_begin(e->c) : gr_db_begin_read_committed(e->c), 0);
+        assert_true(gr_db_in_tx(e->c));
+        assert_int_equal(gr_db_exec(e->c, ins, &k1, 1, NULL), 0);
+        assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM rc"), before + 1);
+        if (pg) {
+            /* Committed by another connection while this transaction is open. */
+            assert_int_equal(gr_db_exec(c2, ins, &k2, 1, NULL), 0);
+            assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM rc"),
+                             serializable ? before + 1 : before + 2);
+        }
+        assert_int_equal(gr_db_commit(e->c), 0);
+        assert_false(gr_db_in_tx(e->c));
+        if (!pg)
+            assert_int_equal(gr_db_exec(c2, ins, &k2, 1, NULL), 0);
+        assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM rc"), before + 2);
+    }
+    /* A rolled-back READ COMMITTED transaction leaves nothing. */
+    assert_int_equal(gr_db_begin_read_committed(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, ins, x, 1, NULL), 0);
+    assert_int_equal(gr_db_rollback(e->c), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM rc"), 4);
+    gr_db_close(other);
+}
+
 /* Lock contention: SQLite waits for the busy timeout, PostgreSQL fails the later writer. */
 static void test_busy(void **state)
 {
@@ -1104,6 +1152,7 @@ static void test_pg_reconnect(void **state)
     X(test_conn)                                                                                   \
     X(test_constraints)                                                                            \
     X(test_tx)                                                                                     \
+    X(test_read_committed)                                                                         \
     X(test_busy)                                                                                   \
     X(test_migrations)                                                                             \
     X(test_migrate_race)                                                                           \
