@@ -1,8 +1,9 @@
 /*
  * cart.h - cart-service's own declarations (SERVICES §19): the route table, the handlers
  * (carts.c, checkout.c), the cart store and its access rules (cart_db.c), the calls to other
- * services (upstream.c: 17 for prices, 22 for the coupon preview, 16 for checkout) and the
- * sweeper that marks idle carts abandoned (sweeper.c).
+ * services (upstream.c: 17 for prices, 22 for the coupon preview, 16 for checkout), the
+ * events it consumes (events.c: price changes, deletions, stock-outs and erasures recorded on
+ * the lines) and the sweeper that marks idle carts abandoned (sweeper.c).
  *
  * Ownership: strings in the structs below are arena memory of the request (or of the sweeper's
  * arena); json_t values handed out by the helpers are owned by the arena (their decref is
@@ -18,6 +19,7 @@
 #include <stdint.h>
 
 #include "gr/arena.h"
+#include "gr/bus.h"
 #include "gr/db.h"
 #include "gr/http.h"
 #include "gr/money.h"
@@ -31,6 +33,7 @@
 #define CART_TOKEN_MAX   128           /* characters of an X-Cart-Token we look at */
 #define CART_RESP_MAX    (1024 * 1024) /* bytes of an upstream answer */
 #define CART_ID_TEXT_MAX 40
+#define CART_SKU_MAX     255 /* characters of a sku kept on a line */
 
 #define CART_SOURCE "/gravity/cart-service"
 
@@ -70,7 +73,13 @@ struct cart_item {
     const char *id;
     const char *variant_id;
     long long quantity;
-    struct gr_money snapshot; /* unit price when the line was added or last changed */
+    struct gr_money snapshot;  /* unit price when the line was added or last changed */
+    const char *product_id;    /* 17's answer at the add, NULL for lines older than 0002 */
+    const char *sku;           /* idem */
+    bool price_changed;        /* product.price_changed recorded a price other than snapshot */
+    struct gr_money new_price; /* that price, when price_changed */
+    const char *unavailable;   /* "product_deleted" after product.deleted, else NULL */
+    bool out_of_stock;         /* inventory.out_of_stock, until stock is back */
 };
 
 /* What 17 says about a variant now. */
@@ -78,6 +87,8 @@ struct cart_price {
     bool found;     /* 17 returned it */
     bool available; /* found, not archived, product active */
     const char *product_id;
+    const char *sku;   /* NULL when 17 did not say */
+    long long version; /* the variant's version, 0 when 17 did not say */
     struct gr_money price;
 };
 
@@ -130,7 +141,9 @@ void cart_item_from_row(const struct gr_db_rows *r, size_t i, struct cart_item *
 
 #define CART_COLS                                                                                  \
     "id, user_id, currency, status, coupon_code, order_id, version, created_at, updated_at"
-#define CART_ITEM_COLS "id, variant_id, quantity, unit_price_amount, unit_price_currency"
+#define CART_ITEM_COLS                                                                             \
+    "id, variant_id, quantity, unit_price_amount, unit_price_currency, product_id, sku,"           \
+    " new_price_amount, new_price_currency, unavailable_reason, out_of_stock"
 /** Reads a cart row (CART_COLS) at @i. */
 void cart_from_row(const struct gr_db_rows *r, size_t i, struct cart *c);
 
@@ -173,6 +186,15 @@ GR_MUST_CHECK int cart_order_create(struct gr_req *req, json_t *body, const char
  * stopped; a no-op when nothing was made.
  */
 void cart_upstream_fini(void);
+
+/* ---- events (events.c) ------------------------------------------------------------------- */
+
+#define CART_NSUBS 5
+/*
+ * product.price_changed, product.deleted, inventory.out_of_stock, inventory.stock_changed and
+ * user.deleted: each handler runs in the consumer's transaction with the inbox row.
+ */
+extern const struct gr_sub cart_subs[CART_NSUBS];
 
 /* ---- sweeper (sweeper.c) ------------------------------------------------------------------ */
 

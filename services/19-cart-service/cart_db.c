@@ -77,6 +77,16 @@ void cart_item_from_row(const struct gr_db_rows *r, size_t i, struct cart_item *
     it->quantity = gr_db_int(r, i, 2);
     it->snapshot.amount = gr_db_int(r, i, 3);
     snprintf(it->snapshot.currency, sizeof(it->snapshot.currency), "%s", gr_db_text(r, i, 4));
+    it->product_id = gr_db_text(r, i, 5);
+    it->sku = gr_db_text(r, i, 6);
+    it->price_changed = !gr_db_isnull(r, i, 7) && !gr_db_isnull(r, i, 8);
+    memset(&it->new_price, 0, sizeof(it->new_price));
+    if (it->price_changed) {
+        it->new_price.amount = gr_db_int(r, i, 7);
+        snprintf(it->new_price.currency, sizeof(it->new_price.currency), "%s", gr_db_text(r, i, 8));
+    }
+    it->unavailable = gr_db_text(r, i, 9);
+    it->out_of_stock = gr_db_int(r, i, 10) != 0;
 }
 
 /* True when the caller holds the cart: its user, or the bearer of its token. */
@@ -179,6 +189,7 @@ int cart_render(struct gr_req *req, const char *id, const char *token, json_t **
     struct cart c;
     size_t n = 0;
     long long count = 0;
+    bool any_changed = false, any_unavailable = false, any_oos = false;
     json_t *arr, *body;
     int rc;
 
@@ -194,14 +205,29 @@ int cart_render(struct gr_req *req, const char *id, const char *token, json_t **
         return rc;
     arr = json_array();
     for (size_t i = 0; i < n; i++) {
-        count += items[i].quantity;
-        json_array_append_new(
-            arr, json_pack(
-                     "{s:s,s:s,s:I,s:o,s:o}", "id", items[i].id, "variant_id", items[i].variant_id,
-                     "quantity", (json_int_t)items[i].quantity, "unit_price",
-                     money_json(items[i].snapshot.amount, items[i].snapshot.currency), "line_total",
-                     money_json(items[i].snapshot.amount * items[i].quantity,
-                                items[i].snapshot.currency)));
+        const struct cart_item *it = &items[i];
+        json_t *l;
+
+        count += it->quantity;
+        l = json_pack("{s:s,s:s,s:I,s:o,s:o,s:b,s:b,s:b}", "id", it->id, "variant_id",
+                      it->variant_id, "quantity", (json_int_t)it->quantity, "unit_price",
+                      money_json(it->snapshot.amount, it->snapshot.currency), "line_total",
+                      money_json(it->snapshot.amount * it->quantity, it->snapshot.currency),
+                      "price_changed", it->price_changed, "available", it->unavailable == NULL,
+                      "out_of_stock", it->out_of_stock);
+        if (l == NULL)
+            GR_BUG("jansson allocation failed");
+        if (it->price_changed) {
+            any_changed = true;
+            json_object_set_new(l, "old_unit_price", gr_money_to_json(&it->snapshot));
+            json_object_set_new(l, "new_unit_price", gr_money_to_json(&it->new_price));
+        }
+        if (it->unavailable != NULL) {
+            any_unavailable = true;
+            json_object_set_new(l, "reason", json_string(it->unavailable));
+        }
+        any_oos = any_oos || it->out_of_stock;
+        json_array_append_new(arr, l);
     }
     body =
         json_pack("{s:s,s:o,s:s,s:o,s:o,s:o,s:o,s:I,s:I,s:s,s:s}", "id", c.id, "user_id",
@@ -211,6 +237,9 @@ int cart_render(struct gr_req *req, const char *id, const char *token, json_t **
                   "created_at", c.created_at, "updated_at", c.updated_at);
     if (body == NULL)
         return GR_EINTERNAL;
+    json_object_set_new(body, "price_changed", json_boolean(any_changed));
+    json_object_set_new(body, "has_unavailable", json_boolean(any_unavailable));
+    json_object_set_new(body, "has_out_of_stock", json_boolean(any_oos));
     if (token != NULL)
         json_object_set_new(body, "cart_token", json_string(token));
     *out = body;

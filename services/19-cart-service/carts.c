@@ -139,6 +139,12 @@ struct add_arg {
     struct cart_price price;
 };
 
+/* A variant version for price_version: NULL when 17 did not give one. */
+static struct gr_db_val version_val(long long v)
+{
+    return v > 0 ? GR_DB_INT(v) : GR_DB_NULL;
+}
+
 /* The line write of carts_item_add, inside its own transaction. */
 static int add_tx(struct gr_req *req, void *p)
 {
@@ -175,14 +181,19 @@ static int add_tx(struct gr_req *req, void *p)
             return gr_resp_problem(req, resp, GR_EVALID, "quantity_exceeded",
                                    "a line holds at most %d", CART_QTY_MAX);
         }
-        rc =
-            gr_db_exec(req->db,
-                       "UPDATE cart_items SET quantity = $2, unit_price_amount = $3,"
-                       " unit_price_currency = $4, updated_at = $5 WHERE id = $1",
-                       (struct gr_db_val[]){ GR_DB_TEXT(gr_db_text(rows, 0, 0)),
-                                             GR_DB_INT(line_qty), GR_DB_INT(a->price.price.amount),
-                                             GR_DB_TEXT(a->price.price.currency), GR_DB_TEXT(now) },
-                       5, NULL);
+        /* The line is priced afresh: the snapshot is 17's price now, so a price change or a
+         * deletion recorded by an event no longer applies (a stock flag is 18's: it stays). */
+        rc = gr_db_exec(req->db,
+                        "UPDATE cart_items SET quantity = $2, unit_price_amount = $3,"
+                        " unit_price_currency = $4, updated_at = $5, product_id = $6, sku = $7,"
+                        " price_version = $8, new_price_amount = NULL, new_price_currency = NULL,"
+                        " unavailable_reason = NULL WHERE id = $1",
+                        (struct gr_db_val[]){
+                            GR_DB_TEXT(gr_db_text(rows, 0, 0)), GR_DB_INT(line_qty),
+                            GR_DB_INT(a->price.price.amount), GR_DB_TEXT(a->price.price.currency),
+                            GR_DB_TEXT(now), GR_DB_TEXT(a->price.product_id),
+                            GR_DB_TEXT(a->price.sku), version_val(a->price.version) },
+                        8, NULL);
     } else {
         rc = gr_db_query(req->db, req->arena, "SELECT COUNT(*) FROM cart_items WHERE cart_id = $1",
                          (struct gr_db_val[]){ GR_DB_TEXT(c.id) }, 1, &rows);
@@ -195,12 +206,18 @@ static int add_tx(struct gr_req *req, void *p)
         rc = gr_db_exec(
             req->db,
             "INSERT INTO cart_items (id, cart_id, variant_id, quantity,"
-            " unit_price_amount, unit_price_currency, created_at, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            " unit_price_amount, unit_price_currency, created_at, updated_at, product_id, sku,"
+            " price_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)",
             (struct gr_db_val[]){ GR_DB_TEXT(iid), GR_DB_TEXT(c.id), GR_DB_TEXT(a->variant_id),
                                   GR_DB_INT(line_qty), GR_DB_INT(a->price.price.amount),
-                                  GR_DB_TEXT(a->price.price.currency), GR_DB_TEXT(now) },
-            7, NULL);
+                                  GR_DB_TEXT(a->price.price.currency), GR_DB_TEXT(now),
+                                  GR_DB_TEXT(a->price.product_id), GR_DB_TEXT(a->price.sku),
+                                  version_val(a->price.version) },
+            10, NULL);
+        /* A concurrent add of the same variant inserted the line first (UNIQUE (cart_id,
+         * variant_id) on PostgreSQL): gr_req_tx runs the transaction again, which grows it. */
+        if (rc == GR_ECONFLICT)
+            return GR_EBUSY;
     }
     if (rc == 0 && c.currency == NULL)
         rc = gr_db_exec(
@@ -445,7 +462,7 @@ int carts_totals(struct gr_req *req, struct gr_resp *resp)
     struct cart c;
     size_t n = 0;
     long long subtotal = 0, discount = 0;
-    bool any_changed = false, any_unavailable = false;
+    bool any_changed = false, any_unavailable = false, any_oos = false;
     json_t *lines, *coupon = json_null(), *body;
     int rc;
 
@@ -468,7 +485,8 @@ int carts_totals(struct gr_req *req, struct gr_resp *resp)
     for (size_t i = 0; i < n; i++) {
         const struct cart_item *it = &items[i];
         const struct cart_price *p = &prices[i];
-        bool ok = p->available && c.currency != NULL && strcmp(p->price.currency, c.currency) == 0;
+        bool ok = p->available && it->unavailable == NULL && c.currency != NULL &&
+                  strcmp(p->price.currency, c.currency) == 0;
         bool changed = ok && p->price.amount != it->snapshot.amount;
         json_t *l = json_pack("{s:s,s:s,s:I,s:b}", "item_id", it->id, "variant_id", it->variant_id,
                               "quantity", (json_int_t)it->quantity, "available", ok);
@@ -480,9 +498,13 @@ int carts_totals(struct gr_req *req, struct gr_resp *resp)
                                 money_json(p->price.amount * it->quantity, c.currency));
         } else {
             any_unavailable = true;
-            json_object_set_new(
-                l, "reason", json_string(p->found ? "variant_unavailable" : "variant_not_found"));
+            json_object_set_new(l, "reason",
+                                json_string(it->unavailable != NULL ? it->unavailable
+                                            : p->found              ? "variant_unavailable"
+                                                                    : "variant_not_found"));
         }
+        json_object_set_new(l, "out_of_stock", json_boolean(it->out_of_stock));
+        any_oos = any_oos || it->out_of_stock;
         json_object_set_new(l, "price_changed", json_boolean(changed));
         if (changed) {
             any_changed = true;
@@ -501,6 +523,7 @@ int carts_totals(struct gr_req *req, struct gr_resp *resp)
                      c.currency ? json_string(c.currency) : json_null(), "lines", lines,
                      "price_changed", any_changed, "has_unavailable", any_unavailable, "coupon",
                      coupon);
+    json_object_set_new(body, "has_out_of_stock", json_boolean(any_oos));
     if (c.currency != NULL) {
         json_object_set_new(body, "subtotal", money_json(subtotal, c.currency));
         json_object_set_new(body, "discount", money_json(discount, c.currency));
@@ -577,15 +600,18 @@ int carts_merge(struct gr_req *req, struct gr_resp *resp)
                                    "the merged cart would hold more than %d lines", CART_LINES_MAX);
         nlines++;
         gr_id_new(iid);
-        rc = gr_db_exec(req->db,
-                        "INSERT INTO cart_items (id, cart_id, variant_id, quantity,"
-                        " unit_price_amount, unit_price_currency, created_at, updated_at)"
-                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-                        (struct gr_db_val[]){
-                            GR_DB_TEXT(iid), GR_DB_TEXT(tgt.id), GR_DB_TEXT(items[i].variant_id),
-                            GR_DB_INT(items[i].quantity), GR_DB_INT(items[i].snapshot.amount),
-                            GR_DB_TEXT(items[i].snapshot.currency), GR_DB_TEXT(now) },
-                        7, NULL);
+        /* The line moves with what events recorded on it. */
+        rc = gr_db_exec(
+            req->db,
+            "INSERT INTO cart_items (id, cart_id, variant_id, quantity, unit_price_amount,"
+            " unit_price_currency, created_at, updated_at, product_id, sku, price_version,"
+            " new_price_amount, new_price_currency, unavailable_reason, out_of_stock)"
+            " SELECT $1, $2, variant_id, quantity, unit_price_amount, unit_price_currency, $3, $3,"
+            " product_id, sku, price_version, new_price_amount, new_price_currency,"
+            " unavailable_reason, out_of_stock FROM cart_items WHERE id = $4",
+            (struct gr_db_val[]){ GR_DB_TEXT(iid), GR_DB_TEXT(tgt.id), GR_DB_TEXT(now),
+                                  GR_DB_TEXT(items[i].id) },
+            4, NULL);
     }
     if (rc == 0)
         rc = gr_db_exec(req->db,

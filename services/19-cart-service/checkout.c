@@ -165,6 +165,17 @@ int carts_checkout(struct gr_req *req, struct gr_resp *resp)
         rc = gr_resp_problem(req, resp, GR_EVALID, "cart_empty", "the cart has no lines");
     if (rc < 0)
         goto out;
+    /* Lines product.deleted flagged are refused like archived ones, without asking 17. */
+    for (size_t i = 0; i < n; i++)
+        if (items[i].unavailable != NULL)
+            gr_resp_field_error(req, resp, gr_arena_printf(req->arena, "/items/%zu/variant_id", i),
+                                "variant %s is not for sale (%s)", items[i].variant_id,
+                                items[i].unavailable);
+    if (resp->errs.n > 0) {
+        rc = gr_resp_problem(req, resp, GR_EVALID, "variant_unavailable",
+                             "remove the lines that are not for sale");
+        goto out;
+    }
     ids = gr_arena_calloc(req->arena, (n + 1) * sizeof(*ids));
     prices = gr_arena_calloc(req->arena, (n + 1) * sizeof(*prices));
     for (size_t i = 0; i < n; i++)

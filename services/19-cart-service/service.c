@@ -2,8 +2,9 @@
  * service.c - cart-service (SERVICES §19) on :8009 under /api/v1/carts: anonymous and
  * signed-in carts with live prices from 17, a coupon preview from 22, merge at sign-in and
  * checkout into 16. Everything shared (config, DB and migrations, JWT, HTTP, outbox, platform
- * routes, drain) is gr_main's; the init hook reads the service's own variables and the
- * started hook starts the sweeper that marks idle carts abandoned.
+ * routes, drain, the event subscriptions of events.c) is gr_main's; the init hook reads the
+ * service's own variables and the started hook starts the sweeper that marks idle carts
+ * abandoned.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +106,9 @@ static const struct gr_service cart_service = {
     .nroutes = CART_NROUTES,
     .migrations = gr_svc_migrations,
     .openapi_json = gr_svc_openapi_json,
+    /* product.price_changed|deleted, inventory.out_of_stock|stock_changed, user.deleted. */
+    .subs = cart_subs,
+    .nsubs = CART_NSUBS,
     /* Checkout links a cart to its order: a committed checkout must survive a power cut. */
     .sqlite_sync_full = true,
     .init = cart_init,

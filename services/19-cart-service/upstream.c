@@ -190,6 +190,12 @@ int cart_price_variants(struct gr_req *req, const char *const *ids, size_t n,
             out[k].available = !json_is_true(json_object_get(v, "archived")) &&
                                (ps == NULL || strcmp(ps, "active") == 0);
             out[k].product_id = json_string_value(json_object_get(v, "product_id"));
+            out[k].sku = json_string_value(json_object_get(v, "sku"));
+            if (out[k].sku != NULL && strlen(out[k].sku) > CART_SKU_MAX)
+                out[k].sku = NULL;
+            out[k].version = json_is_integer(json_object_get(v, "version"))
+                                 ? (long long)json_integer_value(json_object_get(v, "version"))
+                                 : 0;
             out[k].price.amount = json_integer_value(amount);
             snprintf(out[k].price.currency, sizeof(out[k].price.currency), "%s", cur);
         }
