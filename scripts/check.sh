@@ -4,10 +4,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 rc=0
-files=$(git ls-files '*.c' '*.h' | grep -v '^fuzz/' || true)
+# Tracked files and new ones not ignored yet: a file is checked before its first commit.
+files=$(git ls-files --cached --others --exclude-standard '*.c' '*.h' | grep -v '^fuzz/' | sort -u || true)
 echo "-- clang-format"
 # shellcheck disable=SC2086
-clang-format --dry-run -Werror $files 2>&1 | head -40 | grep . && rc=1
+fmt=$(clang-format --dry-run -Werror $files 2>&1 | head -40)
+[ -n "$fmt" ] && { echo "$fmt"; rc=1; }
 echo "-- banned functions"
 grep -nE '\b(sprintf|vsprintf|strcpy|strcat|strncpy|strtok|atoi|atol|sscanf|gets)\(' $files && rc=1
 grep -nE '\b(malloc|calloc|realloc|free)\(' $files | grep -v 'lib/gr/src/arena.c' | grep -v 'json_\|PQfreemem\|curl_free\|OPENSSL_free' && rc=1

@@ -47,7 +47,6 @@ static struct gw_rate parse_rate(const char *s)
     return r;
 }
 
-
 /*
  * Hot reload (SERVICES §04 whitelisted keys, gr/confwatch.h): GATEWAY_RATE_IP and
  * GATEWAY_RATE_USER set for api-gateway in the config service replace the environment's values
