@@ -794,6 +794,11 @@ static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem 
                                                        : gr_db_begin(req->db);
         if (rc < 0)
             return rc;
+        rc = gr_idem__begin_tx(req, resp, ik); /* the key, in this transaction */
+        if (rc != 0) {
+            (void)gr_db_rollback(req->db);
+            return rc > 0 ? 0 : rc; /* 1: a stored response is replayed */
+        }
     }
     rc = req->route->handler(req, resp);
     if (rc == 0 && resp->status >= 400)

@@ -96,25 +96,78 @@ static bool retryable(int rc)
     return rc == GR_EBUSY || rc == GR_ECONFLICT;
 }
 
-/* One attempt of gr_idem__reserve: a transaction that must be rolled back on error. */
-static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct gr_db_val *pk,
-                        const char *hash, const char *owner, long long now_ms, int *outcome,
-                        struct gr_idem_resp *stored)
+static void reserve_params(struct gr_db_val p[9], const struct gr_db_val *pk, const char *hash,
+                           const char *owner, long long now_ms, long long lease_ms)
 {
-    struct gr_db_val p[9];
-    struct gr_db_rows *r;
-    const char *state, *old_hash;
-    long long created, expires, lease_ms = atomic_load(&lease_active_ms), until;
-    long long changes = 0;
-    bool pg_alone;
-    int rc;
-
     memcpy(p, pk, 4 * sizeof(*pk));
     p[4] = GR_DB_TEXT(hash);
     p[5] = GR_DB_TEXT(owner);
     p[6] = GR_DB_INT(now_ms);
     p[7] = GR_DB_INT(now_ms + GR_IDEM_TTL_MS);
     p[8] = lease_ms > 0 ? GR_DB_INT(now_ms + lease_ms) : GR_DB_NULL;
+}
+
+/*
+ * The key exists (the insert did nothing): reads it, inside the open transaction, and takes it
+ * over when expired or abandoned, or reports it. GR_EBUSY when the row is not visible (deleted
+ * since, or committed after this transaction's snapshot): a fresh attempt sees it.
+ */
+static int reserve_existing(struct gr_db_conn *c, struct gr_arena *a, const struct gr_db_val *p,
+                            long long now_ms, int *outcome, struct gr_idem_resp *stored)
+{
+    struct gr_db_rows *r;
+    const char *state, *old_hash;
+    long long created, expires, until;
+    int rc;
+
+    rc = gr_db_query(c, a,
+                     "SELECT state, body_hash, status, content_type, headers, body, created_at,"
+                     " expires_at, lease_until FROM idempotency_keys WHERE " PK_WHERE,
+                     p, 4, &r);
+    if (rc < 0)
+        return rc;
+    if (gr_db_nrows(r) == 0)
+        return GR_EBUSY;
+    state = gr_db_text(r, 0, 0);
+    old_hash = gr_db_text(r, 0, 1);
+    created = gr_db_int(r, 0, 6);
+    expires = gr_db_int(r, 0, 7);
+    until = gr_db_isnull(r, 0, 8) ? created + GR_IDEM_ABANDON_MS : gr_db_int(r, 0, 8);
+    if (expires <= now_ms || (strcmp(state, "pending") == 0 && until <= now_ms)) {
+        /* Expired, or abandoned by a process that died (its lease ran out): the key is free. */
+        *outcome = GR_IDEM_OWNED;
+        return gr_db_exec(c,
+                          "UPDATE idempotency_keys SET body_hash = $5, state = 'pending',"
+                          " owner = $6, status = NULL, content_type = NULL, headers = NULL,"
+                          " body = NULL, created_at = $7, expires_at = $8, lease_until = $9"
+                          " WHERE " PK_WHERE,
+                          p, 9, NULL);
+    }
+    if (!old_hash || strcmp(old_hash, p[4].s) != 0) {
+        *outcome = GR_IDEM_REUSE;
+    } else if (strcmp(state, "pending") == 0) {
+        *outcome = GR_IDEM_IN_FLIGHT;
+    } else {
+        *outcome = GR_IDEM_REPLAY;
+        stored->status = (int)gr_db_int(r, 0, 2);
+        stored->content_type = gr_db_text(r, 0, 3);
+        stored->headers = gr_db_text(r, 0, 4);
+        stored->body = gr_db_text(r, 0, 5);
+    }
+    return 0;
+}
+
+/* One attempt of gr_idem__reserve: a transaction that must be rolled back on error. */
+static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct gr_db_val *pk,
+                        const char *hash, const char *owner, long long now_ms, int *outcome,
+                        struct gr_idem_resp *stored)
+{
+    struct gr_db_val p[9];
+    long long changes = 0;
+    bool pg_alone;
+    int rc;
+
+    reserve_params(p, pk, hash, owner, now_ms, atomic_load(&lease_active_ms));
     /*
      * A new key, the usual case, is one statement: the insert that does nothing when the key
      * exists. PostgreSQL runs it alone (autocommit: one round trip instead of four), SQLite
@@ -127,53 +180,13 @@ static int reserve_once(struct gr_db_conn *c, struct gr_arena *a, const struct g
             return rc;
     }
     rc = gr_db_exec(c, INSERT_SQL, p, 9, &changes);
-    if (rc < 0 || changes == 1) {
-        *outcome = GR_IDEM_OWNED;
-        goto commit;
+    *outcome = GR_IDEM_OWNED;
+    if (rc == 0 && changes != 1) {
+        if (pg_alone)
+            rc = gr_db_begin(c);
+        if (rc == 0)
+            rc = reserve_existing(c, a, p, now_ms, outcome, stored);
     }
-    if (pg_alone) {
-        rc = gr_db_begin(c);
-        if (rc < 0)
-            return rc;
-    }
-    rc = gr_db_query(c, a,
-                     "SELECT state, body_hash, status, content_type, headers, body, created_at,"
-                     " expires_at, lease_until FROM idempotency_keys WHERE " PK_WHERE,
-                     pk, 4, &r);
-    if (rc < 0)
-        return rc;
-    if (gr_db_nrows(r) == 0) { /* deleted since the insert: the next attempt inserts */
-        *outcome = GR_IDEM_OWNED;
-        return GR_EBUSY;
-    }
-    state = gr_db_text(r, 0, 0);
-    old_hash = gr_db_text(r, 0, 1);
-    created = gr_db_int(r, 0, 6);
-    expires = gr_db_int(r, 0, 7);
-    until = gr_db_isnull(r, 0, 8) ? created + GR_IDEM_ABANDON_MS : gr_db_int(r, 0, 8);
-    if (expires <= now_ms || (strcmp(state, "pending") == 0 && until <= now_ms)) {
-        /* Expired, or abandoned by a process that died (its lease ran out): the key is free. */
-        rc = gr_db_exec(c,
-                        "UPDATE idempotency_keys SET body_hash = $5, state = 'pending',"
-                        " owner = $6, status = NULL, content_type = NULL, headers = NULL,"
-                        " body = NULL, created_at = $7, expires_at = $8, lease_until = $9"
-                        " WHERE " PK_WHERE,
-                        p, 9, &changes);
-        *outcome = GR_IDEM_OWNED;
-        goto commit;
-    }
-    if (!old_hash || strcmp(old_hash, hash) != 0) {
-        *outcome = GR_IDEM_REUSE;
-    } else if (strcmp(state, "pending") == 0) {
-        *outcome = GR_IDEM_IN_FLIGHT;
-    } else {
-        *outcome = GR_IDEM_REPLAY;
-        stored->status = (int)gr_db_int(r, 0, 2);
-        stored->content_type = gr_db_text(r, 0, 3);
-        stored->headers = gr_db_text(r, 0, 4);
-        stored->body = gr_db_text(r, 0, 5);
-    }
-commit:
     if (rc < 0 || !gr_db_in_tx(c))
         return rc;
     return gr_db_commit(c);
@@ -548,6 +561,9 @@ static void replay(struct gr_req *req, struct gr_resp *resp, const struct gr_ide
     gr_resp_header(req, resp, REPLAY_HDR, "true");
 }
 
+static int outcome_answer(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int outcome,
+                          const struct gr_idem_resp *stored);
+
 int gr_idem__begin(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
 {
     unsigned flags = req->route->flags;
@@ -578,23 +594,41 @@ int gr_idem__begin(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
     ik->hash = sha256_hex(req->arena, req->body.ptr, req->body.len);
     gr_id_new(owner);
     ik->owner = gr_arena_strdup(req->arena, owner);
+    if (flags & GR_R_TX) {
+        /* Reserved by gr_idem__begin_tx, in the handler's own transaction. */
+        ik->in_tx = true;
+        if (strtol(owner + 34, NULL, 16) % PURGE_EVERY == 0 &&
+            gr_idem__purge(req->db, now, PURGE_BATCH, NULL) < 0)
+            gr_log_warn("idempotency purge failed");
+        return 0;
+    }
     rc = gr_idem__reserve(req->db, req->arena, ik->caller, req->method, req->path, key, ik->hash,
                           ik->owner, now, &outcome, &stored);
     if (rc < 0)
         return rc;
-    switch (outcome) {
-    case GR_IDEM_OWNED:
-        ik->active = true;
+    if (outcome == GR_IDEM_OWNED) {
         gr_idem__hold(ik->owner);
         /* The UUIDv7's last character is random: purge about once per PURGE_EVERY keys. */
         if (strtol(owner + 34, NULL, 16) % PURGE_EVERY == 0 &&
             gr_idem__purge(req->db, now, PURGE_BATCH, NULL) < 0)
             gr_log_warn("idempotency purge failed");
+    }
+    return outcome_answer(req, resp, ik, outcome, &stored);
+}
+
+/* The request's answer to the reservation's @outcome: 0 (run the handler), 1 (a replay in
+ * @resp) or a problem's code. */
+static int outcome_answer(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int outcome,
+                          const struct gr_idem_resp *stored)
+{
+    switch (outcome) {
+    case GR_IDEM_OWNED:
+        ik->active = true;
         return 0;
     case GR_IDEM_REPLAY:
         gr_log_debug("idempotent replay", "route", req->route->pattern, "request_id",
                      req->request_id);
-        replay(req, resp, &stored);
+        replay(req, resp, stored);
         return 1;
     case GR_IDEM_IN_FLIGHT:
         return gr_resp_problem(req, resp, GR_ECONFLICT, "idempotency_in_flight",
@@ -603,6 +637,30 @@ int gr_idem__begin(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
         return gr_resp_problem(req, resp, GR_EVALID, "idempotency_key_reuse",
                                "this Idempotency-Key was used with a different request body");
     }
+}
+
+int gr_idem__begin_tx(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
+{
+    struct gr_db_val pk[4] = { GR_DB_TEXT(ik->caller), GR_DB_TEXT(req->method),
+                               GR_DB_TEXT(req->path), GR_DB_TEXT(ik->key) };
+    struct gr_db_val p[9];
+    struct gr_idem_resp stored;
+    long long now = gr_time_now_ms(), changes = 0;
+    int outcome = GR_IDEM_OWNED, rc;
+
+    ik->active = ik->stored = false;
+    if (!ik->in_tx)
+        return 0;
+    memset(&stored, 0, sizeof(stored));
+    /* No lease: the pending row is never seen outside this transaction, which commits it done
+     * (or not at all). A twin request waits for it at the insert (its unique key). */
+    reserve_params(p, pk, ik->hash, ik->owner, now, 0);
+    rc = gr_db_exec(req->db, INSERT_SQL, p, 9, &changes);
+    if (rc == 0 && changes != 1)
+        rc = reserve_existing(req->db, req->arena, p, now, &outcome, &stored);
+    if (rc < 0)
+        return rc;
+    return outcome_answer(req, resp, ik, outcome, &stored);
 }
 
 /* True when @p (@n bytes) is UTF-8 text without NUL, as a TEXT column needs. */
@@ -714,7 +772,8 @@ void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, 
             gr_log_warn("idempotent response too large or not text: key released", "route",
                         req->route->pattern, "request_id", req->request_id);
     }
-    if (rc < 0 || !ik->stored)
+    /* A failed GR_R_TX attempt rolled its reservation back with its writes. */
+    if ((rc < 0 || !ik->stored) && !(ik->in_tx && rc < 0))
         gr_idem__release(req->db, ik->caller, req->method, req->path, ik->key, ik->owner);
     gr_idem__unhold(ik->owner);
     ik->active = false;

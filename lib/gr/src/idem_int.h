@@ -20,8 +20,10 @@
  * of the keys this process still holds, so a live holder's key is never taken over however long
  * its handler runs, while a dead one's is free a lease after its last renewal. Rows without a
  * lease (older rows, or no thread) are abandoned GR_IDEM_ABANDON_MS after created_at. On a
- * GR_R_TX route, gr_idem__store writes a 2xx response into the row inside the handler's own
- * transaction, so the effect never commits without its stored response; gr_idem__end stores it
+ * GR_R_TX route the whole record lives in the handler's own transaction: gr_idem__begin_tx
+ * reserves the key as its first statement (a twin request waits there for it, then replays),
+ * gr_idem__store writes the 2xx response before the commit: one commit, the effect never
+ * without its stored response, and no pending row ever visible; gr_idem__end stores it
  * afterwards on other routes, and deletes the pending row for every other outcome (4xx, 5xx:
  * nothing is kept, a retry runs the handler again). Responses above GR_IDEM_MAX_BODY bytes, or
  * whose body is not UTF-8 text, are not stored (the key is released, a warning logged). The key's
@@ -48,6 +50,7 @@ extern const struct gr_migration gr_idem_migrations[];
 struct gr_idem {
     bool active; /* a key is reserved by this request */
     bool stored; /* its response was written into the row */
+    bool in_tx;  /* a GR_R_TX route: reserved inside the handler's transaction */
     const char *caller;
     const char *key;
     const char *hash;  /* SHA-256 of the body, lowercase hex */
@@ -124,6 +127,14 @@ GR_MUST_CHECK int gr_idem__renew(struct gr_db_conn *c, const char *const *owners
  * the handler), or a negative code with the problem set on @resp (400, 409, 422, DB errors).
  */
 GR_MUST_CHECK int gr_idem__begin(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik);
+
+/**
+ * GR_R_TX routes (ik->in_tx): the reservation, as the first statement of the handler's open
+ * transaction; answers as gr_idem__begin (0: run the handler; 1: a replay in @resp; a negative
+ * code: a problem in @resp, or GR_EBUSY to run the attempt again). The caller rolls back
+ * unless 0. No-op (0) for other routes.
+ */
+GR_MUST_CHECK int gr_idem__begin_tx(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik);
 
 /**
  * Inside the handler's open transaction, just before its commit, when the handler succeeded:
