@@ -656,9 +656,11 @@ static bool lingers(struct gr_db *db)
  * Waits until batch @mine has ended and returns its result. The batch is normally committed
  * by a later member or by a begun transaction that ends without a statement; one that does
  * neither in time (a handler busy elsewhere before its first statement) does not hold us up:
- * after BATCH_WAIT_MS we commit the batch ourselves.
+ * after BATCH_WAIT_MS we commit the batch ourselves. Only the batch's first member (@lead)
+ * wakes when a lingering batch's linger ends, to commit it: the others sleep until it has
+ * (the whole batch waking at one deadline would only queue for write_mu).
  */
-static int await_batch(struct gr_db *db, uint64_t mine)
+static int await_batch(struct gr_db *db, uint64_t mine, bool lead)
 {
     int rc;
 
@@ -669,7 +671,7 @@ static int await_batch(struct gr_db *db, uint64_t mine)
         int64_t lg = atomic_load(&db->batch_t0) + linger_ns(db);
         struct timespec ts;
 
-        if (db->batch == mine && lg > now && lg < dl)
+        if (lead && db->batch == mine && lg > now && lg < dl)
             dl = lg; /* a lingering batch is committed when its linger ends */
         ts.tv_sec = (time_t)(dl / 1000000000LL);
         ts.tv_nsec = (long)(dl % 1000000000LL);
@@ -707,14 +709,14 @@ static int member_end(struct gr_db_conn *c, bool joined, struct gr_db_waiter *w)
 {
     struct gr_db *db = c->db;
     uint64_t mine = db->batch;
-    bool ended = false;
+    bool ended = false, lead = false;
     int rc = 0;
 
     c->via = NULL;
     c->tx = false;
     c->tx_err = 0;
     if (joined)
-        db->members++;
+        lead = ++db->members == 1;
     if (db->batch_open) {
         if (!gr_db__lite_in_tx(db->writer)) {
             /* SQLite rolled the whole transaction back (I/O error, disk full): all fail. */
@@ -745,7 +747,7 @@ static int member_end(struct gr_db_conn *c, bool joined, struct gr_db_waiter *w)
     if (!joined)
         return 0;
     if (!ended)
-        rc = await_batch(db, mine);
+        rc = await_batch(db, mine, lead);
     if (rc < 0)
         copy_err(c, db->writer);
     return rc;
