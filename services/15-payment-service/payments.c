@@ -127,6 +127,8 @@ static int create_tx(struct gr_req *req, void *arg)
 struct apply {
     const char *id, *status, *ref, *failure;
     long long captured;
+    struct gr_resp *resp; /* the reply, made and stored as the key's answer in the transaction */
+    int reply_status;
 };
 
 /*
@@ -137,10 +139,20 @@ struct apply {
 static int apply_tx(struct gr_req *req, void *arg)
 {
     struct apply *ap = arg;
+    struct pay_row p;
     bool changed;
+    int rc;
 
-    return pay_apply(req->db, req->arena, ap->id, ap->status, ap->captured, ap->ref, ap->failure,
-                     "api", NULL, gr_req_header(req, "traceparent"), &changed);
+    rc = pay_apply(req->db, req->arena, ap->id, ap->status, ap->captured, ap->ref, ap->failure,
+                   "api", NULL, gr_req_header(req, "traceparent"), &changed);
+    if (rc == 0)
+        rc = pay_load(req->db, req->arena, ap->id, &p);
+    if (rc < 0)
+        return rc;
+    if (ap->resp->json != NULL) /* an earlier attempt's */
+        json_decref(ap->resp->json);
+    gr_resp_json(ap->resp, ap->reply_status, pay_json(&p, livemode(req)));
+    return gr_req_idem_store(req, ap->resp); /* the answer commits with the payment's state */
 }
 
 /* Calls the provider for payment @c->id (recorded as processing) and applies its answer. */
@@ -172,10 +184,9 @@ static int drive_create(struct gr_req *req, struct gr_resp *resp, struct create 
         ap.failure = pi.failure_code[0] ? pi.failure_code : NULL;
         ap.captured = pi.amount_received;
     }
-    rc = gr_req_tx_read_committed(req, apply_tx, &ap);
-    if (rc < 0)
-        return rc;
-    return reply_payment(req, resp, 201, c->id);
+    ap.resp = resp;
+    ap.reply_status = 201;
+    return gr_req_tx_read_committed(req, apply_tx, &ap);
 }
 
 static int resolve_method(struct gr_req *req, struct gr_resp *resp, struct create *c)
@@ -574,10 +585,9 @@ static int step_end(struct gr_req *req, struct gr_resp *resp, struct step *s, in
                  : pi->failure_code[0]               ? pi->failure_code
                                                      : NULL;
     ap.captured = pi->amount_received;
-    rc = gr_req_tx_read_committed(req, apply_tx, &ap);
-    if (rc < 0)
-        return rc;
-    return reply_payment(req, resp, 200, s->id);
+    ap.resp = resp;
+    ap.reply_status = 200;
+    return gr_req_tx_read_committed(req, apply_tx, &ap);
 }
 
 static const char *ref_of(struct gr_req *req, const char *id)

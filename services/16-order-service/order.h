@@ -101,6 +101,13 @@ struct saga_ctx {
     const char *traceparent; /* may be NULL */
     json_t *rendered; /* the order as the saga's last committed transition left it, or NULL */
     const char *rendered_id; /* whose order that is */
+    /* POST /orders: the request, whose answer (order_reply) the transaction that ends the saga
+     * run of order @reply_id makes and stores as its Idempotency-Key's answer
+     * (gr_req_idem_store); NULL elsewhere. @replied: that answer is in req's response. */
+    struct gr_req *req;
+    struct gr_resp *resp;
+    const char *reply_id;
+    bool replied;
 };
 
 /* An answer of another service. */
@@ -154,6 +161,11 @@ GR_MUST_CHECK int order_transition(struct gr_db_conn *db, struct gr_arena *a, co
 GR_MUST_CHECK int order_transition_r(struct gr_db_conn *db, struct gr_arena *a, const char *id,
                                      const char *from, const char *to, const char *reason,
                                      const char *actor, const char *traceparent, json_t **rendered);
+/**
+ * Sets @resp to the answer of POST /orders (and its retries): @status, Location, the order
+ * @o (its reference is taken). Replaces what @resp held.
+ */
+void order_reply(struct gr_req *req, struct gr_resp *resp, int status, const char *id, json_t *o);
 /**
  * Runs @fn in its own transaction on @db, again while the engine answers GR_EBUSY. READ
  * COMMITTED on PostgreSQL: the saga's transactions change an order only by conditional

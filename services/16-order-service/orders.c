@@ -310,9 +310,28 @@ static int find_by_key(struct gr_req *req, const char *key, const char **id)
     return rc;
 }
 
+void order_reply(struct gr_req *req, struct gr_resp *resp, int status, const char *id, json_t *o)
+{
+    const char *loc = gr_arena_printf(req->arena, O "/%s", id);
+    size_t i = 0;
+
+    if (resp->json != NULL)
+        json_decref(resp->json);
+    resp->body = NULL;
+    resp->body_len = 0;
+    while (i < resp->nheaders && strcmp(resp->headers[i].name, "Location") != 0)
+        i++;
+    if (i < resp->nheaders)
+        resp->headers[i].value = loc; /* made again by a retried transaction */
+    else
+        gr_resp_header(req, resp, "Location", loc);
+    gr_resp_json(resp, status, o);
+}
+
 /*
- * Answers with order @id: as the saga's last committed transition of it left it when @s has
- * that (@s's reference is taken), else as read now.
+ * Answers with order @id: the answer the saga already made (and stored with its last
+ * transaction), else the order as the saga's last committed transition of it left it when @s
+ * has that (@s's reference is taken), else as read now.
  */
 static int reply(struct gr_req *req, struct gr_resp *resp, int status, const char *id,
                  struct saga_ctx *s)
@@ -320,6 +339,11 @@ static int reply(struct gr_req *req, struct gr_resp *resp, int status, const cha
     json_t *o = NULL;
     int rc = 0;
 
+    if (s != NULL && s->replied && s->reply_id != NULL && strcmp(s->reply_id, id) == 0) {
+        json_decref(s->rendered);
+        s->rendered = NULL;
+        return 0;
+    }
     if (s != NULL && s->rendered != NULL && s->rendered_id != NULL &&
         strcmp(s->rendered_id, id) == 0) {
         o = s->rendered;
@@ -333,8 +357,7 @@ static int reply(struct gr_req *req, struct gr_resp *resp, int status, const cha
     }
     if (rc < 0)
         return rc;
-    gr_resp_header(req, resp, "Location", gr_arena_printf(req->arena, O "/%s", id));
-    gr_resp_json(resp, status, o);
+    order_reply(req, resp, status, id, o);
     return 0;
 }
 
@@ -359,7 +382,10 @@ int orders_create(struct gr_req *req, struct gr_resp *resp)
     rc = find_by_key(req, c.key, &existing);
     if (rc < 0)
         return rc;
+    s.req = req;
+    s.resp = resp;
     if (existing != NULL) {
+        s.reply_id = existing;
         rc = saga_run(&s, existing, false);
         if (rc < 0)
             gr_log_warn("saga run failed", "order_id", existing, "code", gr_err_name(rc));
@@ -386,6 +412,7 @@ int orders_create(struct gr_req *req, struct gr_resp *resp)
                                "a request with this Idempotency-Key is still in progress");
     if (rc < 0)
         return rc;
+    s.reply_id = id;
     rc = saga_run(&s, id, true);
     if (rc < 0)
         gr_log_warn("saga run failed; the resumer goes on", "order_id", id, "code",

@@ -36,6 +36,7 @@
 
 #include "gr/json.h"
 #include "gr/log.h"
+#include "gr/service.h"
 #include "gr/time.h"
 #include "order.h"
 
@@ -393,6 +394,24 @@ static int write_run(struct gr_db_conn *db, struct fin *f, bool need_no_cancel)
     return rc;
 }
 
+/*
+ * POST /orders whose saga ends here: its answer — the order as this transition leaves it —
+ * is made now and stored as the request's Idempotency-Key answer in this transaction (no
+ * commit of its own after the saga). A retry of the transaction makes it again.
+ */
+static int store_reply(struct fin *f)
+{
+    struct saga_ctx *s = f->s;
+
+    s->replied = false;
+    if (s->req == NULL || s->reply_id == NULL || strcmp(s->reply_id, f->o->id) != 0 ||
+        f->rendered == NULL)
+        return 0;
+    order_reply(s->req, s->resp, 201, f->o->id, json_incref(f->rendered));
+    s->replied = true;
+    return gr_req_idem_store(s->req, s->resp);
+}
+
 static int finish_tx(struct gr_db_conn *db, void *arg)
 {
     struct fin *f = arg;
@@ -403,11 +422,14 @@ static int finish_tx(struct gr_db_conn *db, void *arg)
     f->lost_to_cancel = f->gone = false;
     json_decref(f->rendered); /* an earlier attempt's, rolled back */
     f->rendered = NULL;
+    f->s->replied = false;
     rc = write_run(db, f, confirm);
     if (rc != 0)
         return rc < 0 ? rc : 0;
     rc = order_transition_r(db, f->s->a, f->o->id, ST_PENDING, f->to, confirm ? NULL : f->o->reason,
                             "saga", f->s->traceparent, &f->rendered);
+    if (rc == 0)
+        rc = store_reply(f);
     if (rc < 0)
         return rc;
     order_now(now);
@@ -426,6 +448,8 @@ static int finish(struct saga_ctx *s, struct fin *f)
 {
     int rc = order_tx(s->db, finish_tx, f);
 
+    if (rc != 0)
+        s->replied = false; /* the answer made in it was not committed */
     if (rc == 0 && f->rendered != NULL) {
         json_decref(s->rendered);
         s->rendered = f->rendered;

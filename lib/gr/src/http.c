@@ -659,6 +659,15 @@ static int req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), 
     return rc;
 }
 
+static struct rstate *rstate_of(struct gr_req *req);
+
+int gr_req_idem_store(struct gr_req *req, struct gr_resp *resp)
+{
+    if (!req->conn)
+        return 0; /* not a request of the server (unit tests) */
+    return gr_idem__store_in_tx(req, resp, &rstate_of(req)->ik);
+}
+
 int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), void *arg)
 {
     return req_tx(req, fn, arg, false);

@@ -760,10 +760,41 @@ int gr_idem__store(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
     return rc;
 }
 
+int gr_idem__store_in_tx(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
+{
+    int rc;
+
+    if (!ik->active || ik->in_tx || !req->db || !gr_db_in_tx(req->db))
+        return 0;
+    rc = gr_idem__store(req, resp, ik);
+    if (rc == 0 && ik->stored) {
+        ik->stored = false; /* until its transaction is known to have committed */
+        ik->tx_stored = true;
+    }
+    return rc;
+}
+
+/* True when the key's row is @ik's and done: a gr_idem__store_in_tx write that committed. */
+static bool stored_done(struct gr_req *req, struct gr_idem *ik)
+{
+    struct gr_db_val p[5] = { GR_DB_TEXT(ik->caller), GR_DB_TEXT(req->method),
+                              GR_DB_TEXT(req->path), GR_DB_TEXT(ik->key), GR_DB_TEXT(ik->owner) };
+    struct gr_db_rows *r = NULL;
+
+    if (gr_db_in_tx(req->db) ||
+        gr_db_query(req->db, req->arena,
+                    "SELECT state FROM idempotency_keys WHERE " PK_WHERE " AND owner = $5", p, 5,
+                    &r) < 0)
+        return false;
+    return gr_db_nrows(r) == 1 && strcmp(gr_db_text(r, 0, 0), "done") == 0;
+}
+
 void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int rc)
 {
     if (!ik->active)
         return;
+    if (rc == 0 && success(resp) && !ik->stored && ik->tx_stored)
+        ik->stored = stored_done(req, ik);
     if (rc == 0 && success(resp) && !ik->stored) {
         if (gr_idem__store(req, resp, ik) < 0)
             gr_log_warn("idempotent response not stored", "route", req->route->pattern,

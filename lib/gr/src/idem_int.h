@@ -48,9 +48,10 @@ extern const struct gr_migration gr_idem_migrations[];
 
 /* One request's hold on a key; zero-initialise. Strings are arena memory. */
 struct gr_idem {
-    bool active; /* a key is reserved by this request */
-    bool stored; /* its response was written into the row */
-    bool in_tx;  /* a GR_R_TX route: reserved inside the handler's transaction */
+    bool active;    /* a key is reserved by this request */
+    bool stored;    /* its response was written into the row */
+    bool in_tx;     /* a GR_R_TX route: reserved inside the handler's transaction */
+    bool tx_stored; /* written by gr_idem__store_in_tx into a transaction that may commit */
     const char *caller;
     const char *key;
     const char *hash;  /* SHA-256 of the body, lowercase hex */
@@ -143,6 +144,14 @@ GR_MUST_CHECK int gr_idem__begin_tx(struct gr_req *req, struct gr_resp *resp, st
  * make the caller roll back.
  */
 GR_MUST_CHECK int gr_idem__store(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik);
+
+/**
+ * gr_req_idem_store: on a route that is not GR_R_TX, with a key held, writes @resp as the key's
+ * answer inside the transaction open on req->db. Whether that transaction committed is read
+ * back by gr_idem__end (one read instead of a commit of its own). 0 when there is nothing to do.
+ */
+GR_MUST_CHECK int gr_idem__store_in_tx(struct gr_req *req, struct gr_resp *resp,
+                                       struct gr_idem *ik);
 
 /** After the handler's last attempt, with its result @rc: stores or releases the key. */
 void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int rc);

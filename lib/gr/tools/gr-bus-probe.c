@@ -117,6 +117,60 @@ static int producer_emit(struct gr_req *req, struct gr_resp *resp)
     return 0;
 }
 
+/* One event probe.once with subject @n, and the answer {"emitted": 1}, stored as the key's
+ * answer (gr_req_idem_store) in the same transaction; rolled back instead when @roll_back. */
+static int store_tx(struct gr_req *req, struct gr_resp *resp, long long n, bool roll_back)
+{
+    char subject[32];
+    int rc = gr_db_begin(req->db);
+
+    snprintf(subject, sizeof(subject), "%lld", n);
+    if (rc == 0)
+        rc = gr_bus_emit(req->db, SOURCE_PRODUCER, "probe.once", subject, "{}", NULL, NULL);
+    if (rc == 0) {
+        if (resp->json != NULL)
+            json_decref(resp->json);
+        gr_resp_json(resp, 201, json_pack("{sI}", "emitted", (json_int_t)1));
+        rc = gr_req_idem_store(req, resp);
+    }
+    if (rc == 0 && !roll_back)
+        return gr_db_commit(req->db);
+    (void)gr_db_rollback(req->db);
+    return rc;
+}
+
+/*
+ * POST /emit-once {"n": N, "roll_back_first": bool}: emits one event in a transaction that
+ * also stores the request's answer (gr_req_idem_store); with roll_back_first, a first such
+ * transaction is rolled back after the store, and a second one, without the store, commits:
+ * gr must then store the answer itself. lib/gr/tests/http/probe/ tests both.
+ */
+static int producer_emit_once(struct gr_req *req, struct gr_resp *resp)
+{
+    static const char *const keys[] = { "n", "roll_back_first", NULL };
+    struct gr_json_rd r = { .a = req->arena, .errs = &resp->errs };
+    long long n = 0;
+    bool back = false;
+    int rc;
+
+    (void)gr_json_only(&r, req->json, "", keys);
+    (void)gr_json_int(&r, req->json, "", "n", GR_JSON_REQUIRED, 1, EMIT_N_MAX, &n, NULL);
+    (void)gr_json_bool(&r, req->json, "", "roll_back_first", GR_JSON_OPTIONAL, &back, NULL);
+    if (resp->errs.n > 0)
+        return GR_EVALID;
+    rc = store_tx(req, resp, n, back);
+    if (rc == 0 && back) {
+        rc = gr_db_begin(req->db);
+        if (rc == 0)
+            rc = gr_bus_emit(req->db, SOURCE_PRODUCER, "probe.once", "again", "{}", NULL, NULL);
+        if (rc == 0)
+            rc = gr_db_commit(req->db);
+        else
+            (void)gr_db_rollback(req->db);
+    }
+    return rc;
+}
+
 static int producer_stats(struct gr_req *req, struct gr_resp *resp)
 {
     struct gr_db_rows *c = NULL, *o = NULL;
@@ -138,6 +192,8 @@ static const struct gr_route producer_routes[] = {
     /* The same with a required Idempotency-Key ([IK!]): lib/gr/tests/http/probe/ tests it. */
     { "POST", "/emit-keyed", producer_emit, GR_R_PUBLIC | GR_R_JSON | GR_R_IK_REQUIRED, NULL, NULL,
       0 },
+    { "POST", "/emit-once", producer_emit_once, GR_R_PUBLIC | GR_R_JSON | GR_R_IK_REQUIRED, NULL,
+      NULL, 0 },
     { "GET", "/stats", producer_stats, GR_R_PUBLIC, NULL, NULL, 0 },
 };
 

@@ -324,9 +324,12 @@ def run(mint, admin, customer, user, prod, inv, tax, disc, pay, order, sql):
     key = "sm-" + uuid.uuid4().hex
     st, o = checkout([(vc, 1)], key=key)
     expect(st == 201 and o["status"] == "CONFIRMED", "an order to move", o)
-    st, again = checkout([(vc, 1)], key=key)
-    expect(st == 201 and again["id"] == o["id"], "the same Idempotency-Key → the same order",
-           again)
+    body = {"items": [{"variant_id": vc, "quantity": 1}], "currency": "usd",
+            "shipping_address": addr, "payment_method_id": "tok_visa"}
+    st, hd, again = order.call("POST", "/api/v1/orders", body, token=customer, key=key)
+    expect(st == 201 and again == o and hd.get("Idempotent-Replayed") == "true" and
+           hd.get("Location") == "/api/v1/orders/" + o["id"],
+           "the same Idempotency-Key → the same answer replayed (body, Location)", (hd, again))
     st, e = order.req("PUT", "/api/v1/orders/%s/status" % o["id"], {"status": "FLYING"},
                       token=admin)
     expect(st == 422, "status FLYING → 422", e)

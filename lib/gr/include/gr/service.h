@@ -85,6 +85,16 @@ GR_MUST_CHECK int gr_req_begin(struct gr_req *req);
  */
 GR_MUST_CHECK int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg),
                             void *arg);
+/**
+ * For a handler of an Idempotency-Key route that is not GR_R_TX: stores @resp, the complete
+ * response it is about to return (status, JSON or body, headers), as the key's answer inside
+ * the transaction open on req->db, so the answer commits with the handler's last writes
+ * instead of in a transaction of its own after the handler. The handler must then return that
+ * response unchanged. If the transaction does not commit, the answer is stored afterwards as
+ * usual. 0 when there is nothing to do (no key held, no transaction open, a GR_R_TX route, or
+ * a non-2xx @resp); an error (e.g. 409 when the key was taken over) must fail the transaction.
+ */
+GR_MUST_CHECK int gr_req_idem_store(struct gr_req *req, struct gr_resp *resp);
 /** gr_req_tx at READ COMMITTED on PostgreSQL (see gr_db_begin_read_committed). */
 GR_MUST_CHECK int gr_req_tx_read_committed(struct gr_req *req,
                                            int (*fn)(struct gr_req *req, void *arg), void *arg);
