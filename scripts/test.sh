@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 jobs=$(nproc 2>/dev/null || echo 2)
 start=$(date +%s)
+# Each pass runs its steps SUITE_JOBS at a time (scripts/run-suite.sh; default 3, 1 = serially).
+export SUITE_JOBS=${SUITE_JOBS:-3}
 
 echo "== build (gcc)"
 make --no-print-directory -j"$jobs" all
