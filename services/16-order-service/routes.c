@@ -10,7 +10,7 @@
 
 /* clang-format off */
 const struct gr_route order_routes[ORDER_NROUTES] = {
-    {"POST", O,                      orders_create,     GR_R_AUTH | GR_R_JSON | GR_R_IK_REQUIRED, NULL, NULL, 0},
+    {"POST", O,                      orders_create,     GR_R_AUTH | GR_R_JSON | GR_R_IK_REQUIRED | GR_R_IK_LAZY, NULL, NULL, 0},
     {"GET",  O,                      orders_list,       GR_R_AUTH, "orders:read", LIST_QUERY, 0},
     {"GET",  O "/user/{user_id}",    orders_list_user,  GR_R_AUTH, NULL, LIST_QUERY, 0},
     {"GET",  O "/{id}",              orders_get,        GR_R_AUTH, NULL, NULL, 0},

@@ -640,26 +640,36 @@ static void busy_pause(int attempt)
     usleep((useconds_t)(window / 2 + jitter));
 }
 
+static struct rstate *rstate_of(struct gr_req *req);
+
+/* The request's Idempotency-Key state; NULL outside the server (unit tests). */
+static struct gr_idem *ik_of(struct gr_req *req);
+
 static int req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), void *arg,
                   bool read_committed)
 {
+    struct gr_idem *ik = ik_of(req);
     int rc = GR_EBUSY;
 
     for (int attempt = 1; rc == GR_EBUSY && attempt <= BUSY_ATTEMPTS; attempt++) {
+        bool reserved = false;
+
         if (attempt > 1)
             busy_pause(attempt - 1);
         rc = req_begin(req, read_committed);
+        if (rc == 0 && ik != NULL) /* GR_R_IK_LAZY: the key joins the first transaction */
+            rc = gr_idem__begin_lazy(req, ik, &reserved);
         if (rc == 0)
             rc = fn(req, arg);
         if (rc == 0)
             rc = gr_db_commit(req->db);
         else if (gr_db_in_tx(req->db))
             (void)gr_db_rollback(req->db);
+        if (rc != 0 && reserved)
+            gr_idem__unreserve(ik); /* rolled back with the transaction */
     }
     return rc;
 }
-
-static struct rstate *rstate_of(struct gr_req *req);
 
 int gr_req_idem_store(struct gr_req *req, struct gr_resp *resp)
 {
@@ -709,6 +719,11 @@ static void commit_done(void *arg, int rc)
 static struct rstate *rstate_of(struct gr_req *req)
 {
     return (struct rstate *)(void *)((char *)req - offsetof(struct rstate, req));
+}
+
+static struct gr_idem *ik_of(struct gr_req *req)
+{
+    return req->conn ? &rstate_of(req)->ik : NULL;
 }
 
 int gr_req_wait(struct gr_req *req, struct gr_resp *resp, struct gr_waitq *q, uint64_t seq,
@@ -898,6 +913,10 @@ static int dispatch(struct gr_server *srv, struct rstate *st)
             (void)gr_db_rollback(req->db);
         reset_response(&st->resp);
         busy_pause(attempt);
+    }
+    if (ik->lost != GR_IDEM_OWNED) { /* a lazy reservation found the key taken */
+        reset_response(&st->resp);
+        rc = gr_idem__lost_answer(req, &st->resp, ik, rc);
     }
     gr_idem__end(req, &st->resp, ik, rc); /* stores a 2xx not stored yet, else releases */
     return rc;

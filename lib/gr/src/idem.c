@@ -564,6 +564,68 @@ static void replay(struct gr_req *req, struct gr_resp *resp, const struct gr_ide
 static int outcome_answer(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int outcome,
                           const struct gr_idem_resp *stored);
 
+/* Whether the key of @ik has a row (one read, no transaction). */
+static int key_exists(struct gr_req *req, const struct gr_idem *ik, bool *exists)
+{
+    struct gr_db_val pk[4] = { GR_DB_TEXT(ik->caller), GR_DB_TEXT(req->method),
+                               GR_DB_TEXT(req->path), GR_DB_TEXT(ik->key) };
+    struct gr_db_rows *r = NULL;
+    int rc = gr_db_query(req->db, req->arena, "SELECT 1 FROM idempotency_keys WHERE " PK_WHERE, pk,
+                         4, &r);
+
+    *exists = rc == 0 && gr_db_nrows(r) > 0;
+    return rc;
+}
+
+int gr_idem__begin_lazy(struct gr_req *req, struct gr_idem *ik, bool *now)
+{
+    struct gr_db_val pk[4] = { GR_DB_TEXT(ik->caller), GR_DB_TEXT(req->method),
+                               GR_DB_TEXT(req->path), GR_DB_TEXT(ik->key) };
+    struct gr_db_val p[9];
+    struct gr_idem_resp stored;
+    long long t = gr_time_now_ms(), changes = 0;
+    int outcome = GR_IDEM_OWNED, rc;
+
+    *now = false;
+    if (!ik->lazy || ik->active)
+        return 0;
+    memset(&stored, 0, sizeof(stored));
+    reserve_params(p, pk, ik->hash, ik->owner, t, atomic_load(&lease_active_ms));
+    rc = gr_db_exec(req->db, INSERT_SQL, p, 9, &changes);
+    if (rc == 0 && changes != 1)
+        rc = reserve_existing(req->db, req->arena, p, t, &outcome, &stored);
+    if (rc < 0)
+        return rc;
+    ik->lazy = false;
+    if (outcome == GR_IDEM_OWNED) {
+        ik->active = true;
+        gr_idem__hold(ik->owner);
+        *now = true;
+        return 0;
+    }
+    ik->lost = outcome; /* another request has the key: its answer replaces the handler's */
+    ik->lost_resp = stored;
+    return GR_ECONFLICT;
+}
+
+void gr_idem__unreserve(struct gr_idem *ik)
+{
+    gr_idem__unhold(ik->owner);
+    ik->active = false;
+    ik->lazy = true;
+}
+
+int gr_idem__lost_answer(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int rc)
+{
+    int out;
+
+    if (ik->lost == GR_IDEM_OWNED)
+        return rc;
+    out = outcome_answer(req, resp, ik, ik->lost, &ik->lost_resp);
+    ik->lost = GR_IDEM_OWNED;
+    return out > 0 ? 0 : out;
+}
+
 int gr_idem__begin(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
 {
     unsigned flags = req->route->flags;
@@ -594,6 +656,20 @@ int gr_idem__begin(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
     ik->hash = sha256_hex(req->arena, req->body.ptr, req->body.len);
     gr_id_new(owner);
     ik->owner = gr_arena_strdup(req->arena, owner);
+    if ((flags & GR_R_IK_LAZY) && !(flags & GR_R_TX) && req->db->db->engine == GR_DB_SQLITE) {
+        bool exists = false;
+
+        rc = key_exists(req, ik, &exists);
+        if (rc < 0)
+            return rc;
+        if (!exists) {
+            ik->lazy = true; /* reserved in the handler's first gr_req_tx */
+            if (strtol(owner + 34, NULL, 16) % PURGE_EVERY == 0 &&
+                gr_idem__purge(req->db, now, PURGE_BATCH, NULL) < 0)
+                gr_log_warn("idempotency purge failed");
+            return 0;
+        }
+    }
     if (flags & GR_R_TX) {
         /* Reserved by gr_idem__begin_tx, in the handler's own transaction. */
         ik->in_tx = true;
@@ -791,6 +867,24 @@ static bool stored_done(struct gr_req *req, struct gr_idem *ik)
 
 void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int rc)
 {
+    if (ik->lazy && !ik->active) {
+        /* The handler answered without a gr_req_tx: the key is reserved now, to be stored. */
+        struct gr_idem_resp stored;
+        int outcome = GR_IDEM_OWNED;
+
+        ik->lazy = false;
+        if (rc != 0 || !success(resp))
+            return;
+        if (gr_idem__reserve(req->db, req->arena, ik->caller, req->method, req->path, ik->key,
+                             ik->hash, ik->owner, gr_time_now_ms(), &outcome, &stored) < 0 ||
+            outcome != GR_IDEM_OWNED) {
+            gr_log_warn("idempotent response not stored: the key is taken", "route",
+                        req->route->pattern, "request_id", req->request_id);
+            return;
+        }
+        ik->active = true;
+        gr_idem__hold(ik->owner);
+    }
     if (!ik->active)
         return;
     if (rc == 0 && success(resp) && !ik->stored && ik->tx_stored)

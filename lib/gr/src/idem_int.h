@@ -46,24 +46,27 @@
 /* The migrations of the table, applied as service "gr.idem" by gr_main. */
 extern const struct gr_migration gr_idem_migrations[];
 
-/* One request's hold on a key; zero-initialise. Strings are arena memory. */
-struct gr_idem {
-    bool active;    /* a key is reserved by this request */
-    bool stored;    /* its response was written into the row */
-    bool in_tx;     /* a GR_R_TX route: reserved inside the handler's transaction */
-    bool tx_stored; /* written by gr_idem__store_in_tx into a transaction that may commit */
-    const char *caller;
-    const char *key;
-    const char *hash;  /* SHA-256 of the body, lowercase hex */
-    const char *owner; /* random token naming this reservation */
-};
-
 /* A stored response, as read back. Strings are arena memory. */
 struct gr_idem_resp {
     int status;
     const char *content_type; /* may be NULL */
     const char *headers;      /* JSON array of [name, value] pairs; may be NULL */
     const char *body;         /* may be NULL */
+};
+
+/* One request's hold on a key; zero-initialise. Strings are arena memory. */
+struct gr_idem {
+    bool active;    /* a key is reserved by this request */
+    bool stored;    /* its response was written into the row */
+    bool in_tx;     /* a GR_R_TX route: reserved inside the handler's transaction */
+    bool tx_stored; /* written by gr_idem__store_in_tx into a transaction that may commit */
+    bool lazy;      /* GR_R_IK_LAZY: the key is new; reserve it in the first gr_req_tx */
+    int lost;       /* the lazy reservation found the key taken: its enum gr_idem_outcome */
+    struct gr_idem_resp lost_resp; /* with lost == GR_IDEM_REPLAY: the stored answer */
+    const char *caller;
+    const char *key;
+    const char *hash;  /* SHA-256 of the body, lowercase hex */
+    const char *owner; /* random token naming this reservation */
 };
 
 enum gr_idem_outcome {
@@ -152,6 +155,22 @@ GR_MUST_CHECK int gr_idem__store(struct gr_req *req, struct gr_resp *resp, struc
  */
 GR_MUST_CHECK int gr_idem__store_in_tx(struct gr_req *req, struct gr_resp *resp,
                                        struct gr_idem *ik);
+
+/**
+ * GR_R_IK_LAZY: inside the transaction gr_req_tx has just begun, reserves the key that
+ * gr_idem__begin left for later (no-op otherwise). 0, with *@now set when it was reserved by
+ * this call (the caller calls gr_idem__unreserve if that transaction does not commit); or
+ * GR_ECONFLICT when the key is taken (ik->lost: the handler's answer is replaced by the key's,
+ * gr_idem__lost_answer); or a DB error.
+ */
+GR_MUST_CHECK int gr_idem__begin_lazy(struct gr_req *req, struct gr_idem *ik, bool *now);
+/** The reservation gr_idem__begin_lazy made was rolled back: the key is to reserve again. */
+void gr_idem__unreserve(struct gr_idem *ik);
+/**
+ * When a lazy reservation found the key taken: puts the key's answer in @resp (emptied by
+ * the caller) and returns the request's code (0: a replay; < 0: a problem). Else @rc.
+ */
+int gr_idem__lost_answer(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int rc);
 
 /** After the handler's last attempt, with its result @rc: stores or releases the key. */
 void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int rc);

@@ -171,6 +171,44 @@ static int producer_emit_once(struct gr_req *req, struct gr_resp *resp)
     return rc;
 }
 
+struct once {
+    struct gr_resp *resp;
+    long long n;
+};
+
+static int once_tx(struct gr_req *req, void *arg)
+{
+    struct once *o = arg;
+    char subject[32];
+    int rc;
+
+    snprintf(subject, sizeof(subject), "%lld", o->n);
+    rc = gr_bus_emit(req->db, SOURCE_PRODUCER, "probe.once", subject, "{}", NULL, NULL);
+    if (rc < 0)
+        return rc;
+    if (o->resp->json != NULL)
+        json_decref(o->resp->json);
+    gr_resp_json(o->resp, 201, json_pack("{sI}", "emitted", (json_int_t)1));
+    return gr_req_idem_store(req, o->resp);
+}
+
+/*
+ * POST /emit-once-tx {"n": N} (GR_R_IK_LAZY): emits one event in a gr_req_tx that also stores
+ * the answer; on SQLite the key is reserved in that same transaction. Racing twins: one event.
+ */
+static int producer_emit_once_tx(struct gr_req *req, struct gr_resp *resp)
+{
+    static const char *const keys[] = { "n", NULL };
+    struct gr_json_rd r = { .a = req->arena, .errs = &resp->errs };
+    struct once o = { .resp = resp };
+
+    (void)gr_json_only(&r, req->json, "", keys);
+    (void)gr_json_int(&r, req->json, "", "n", GR_JSON_REQUIRED, 1, EMIT_N_MAX, &o.n, NULL);
+    if (resp->errs.n > 0)
+        return GR_EVALID;
+    return gr_req_tx(req, once_tx, &o);
+}
+
 static int producer_stats(struct gr_req *req, struct gr_resp *resp)
 {
     struct gr_db_rows *c = NULL, *o = NULL;
@@ -194,6 +232,12 @@ static const struct gr_route producer_routes[] = {
       0 },
     { "POST", "/emit-once", producer_emit_once, GR_R_PUBLIC | GR_R_JSON | GR_R_IK_REQUIRED, NULL,
       NULL, 0 },
+    /* The same two with GR_R_IK_LAZY: /emit-once-lazy never uses gr_req_tx (gr reserves and
+     * stores the key after it), /emit-once-tx does. */
+    { "POST", "/emit-once-lazy", producer_emit_once,
+      GR_R_PUBLIC | GR_R_JSON | GR_R_IK_REQUIRED | GR_R_IK_LAZY, NULL, NULL, 0 },
+    { "POST", "/emit-once-tx", producer_emit_once_tx,
+      GR_R_PUBLIC | GR_R_JSON | GR_R_IK_REQUIRED | GR_R_IK_LAZY, NULL, NULL, 0 },
     { "GET", "/stats", producer_stats, GR_R_PUBLIC, NULL, NULL, 0 },
 };
 

@@ -28,6 +28,15 @@ enum gr_route_flags {
                                     * endpoint); elsewhere another scheme is a 401 */
     GR_R_READ_COMMITTED = 1u << 7, /* with GR_R_TX: the transaction is READ COMMITTED on
                                     * PostgreSQL (gr_db_begin_read_committed) */
+    /*
+     * With GR_R_IK(_REQUIRED), without GR_R_TX: on SQLite a key that has no row yet is reserved
+     * in the handler's first gr_req_tx (one commit less); PostgreSQL reserves it before the
+     * handler, as without the flag. A twin request may then run the handler's start at the same
+     * time: before that transaction the handler must change nothing, here or at another
+     * service, on any path — also not on one that finds work a twin committed meanwhile (15's
+     * create resumes a payment found under its key with a provider call: not lazy).
+     */
+    GR_R_IK_LAZY = 1u << 8,
 };
 
 struct gr_route {
