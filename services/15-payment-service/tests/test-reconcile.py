@@ -27,8 +27,6 @@ Idempotency-Key (`replayed`), and the refunded amount once.
 Standard library only.
 """
 
-import http.client
-import json
 import os
 import shutil
 import signal
@@ -42,16 +40,17 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+import gravity_test as gt  # noqa: E402
+
 DOUBLE = os.path.join(ROOT, "tests", "doubles", "stripe", "stripe_double.py")
 PY = "/usr/bin/python3"
-SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
+SANITIZER_MARKS = gt.SANITIZER_MARKS
 GRACE_MS = "300"
 passed = 0
 
 
-def fail(msg):
-    print("FAIL: " + msg, flush=True)
-    raise SystemExit(1)
+fail = gt.fail
 
 
 def ok(msg):
@@ -61,39 +60,17 @@ def ok(msg):
 
 
 def wait_for(what, cond, deadline=30.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
+    return gt.wait_for(what, cond, deadline)
 
 
-def call(port, method, path, token=None, body=None, key=None, headers=None, raw=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def call(port, method, path, token=None, body=None, key=None, headers=None):
+    """One request to 127.0.0.1:port -> (status, JSON body); status 0 when nothing answers."""
     h = dict(headers or {})
-    if token:
-        h["Authorization"] = "Bearer " + token
     if key:
         h["Idempotency-Key"] = key
-    data = raw
-    if body is not None:
-        data = json.dumps(body).encode()
-        h["Content-Type"] = "application/json"
-    try:
-        c.request(method, path, body=data, headers=h)
-        r = c.getresponse()
-        txt = r.read()
-        try:
-            js = json.loads(txt) if txt else None
-        except ValueError:
-            js = txt
-        return r.status, js
-    except (OSError, http.client.HTTPException) as e:
-        return 0, str(e)
-    finally:
-        c.close()
+    st, _, js = gt.request("http://127.0.0.1:%d%s" % (port, path), method, body, token, h,
+                           timeout=60)
+    return st, js
 
 
 class Double:
