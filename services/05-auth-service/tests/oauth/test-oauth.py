@@ -22,6 +22,7 @@ Python standard library is used. The last line is `N passed, N failed`.
 
 import argparse
 import base64
+import fcntl
 import hashlib
 import http.client
 import json
@@ -104,16 +105,23 @@ def jbody(data):
 
 
 def install_double():
-    if os.path.isdir(os.path.join(DOUBLE, "node_modules", "oauth2-mock-server")) and \
-            os.path.isdir(os.path.join(DOUBLE, "node_modules", "express")):
-        return
-    print("-- installing the oauth2-mock double (npm)")
-    p = subprocess.run([NPM, "install", "--prefix", DOUBLE, "--no-audit", "--no-fund",
-                        "--loglevel=error"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, timeout=600)
-    if p.returncode != 0:
-        sys.stdout.write(p.stdout.decode(errors="replace"))
-        raise SystemExit("test-oauth: npm install of the oauth2-mock double failed")
+    # make test runs this test on SQLite and on PostgreSQL at the same time: one npm install
+    # into the double's folder, under a lock on the folder; the other run waits, then finds it.
+    fd = os.open(DOUBLE, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.path.isdir(os.path.join(DOUBLE, "node_modules", "oauth2-mock-server")) and \
+                os.path.isdir(os.path.join(DOUBLE, "node_modules", "express")):
+            return
+        print("-- installing the oauth2-mock double (npm)")
+        p = subprocess.run([NPM, "install", "--prefix", DOUBLE, "--no-audit", "--no-fund",
+                            "--loglevel=error"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+        if p.returncode != 0:
+            sys.stdout.write(p.stdout.decode(errors="replace"))
+            raise SystemExit("test-oauth: npm install of the oauth2-mock double failed")
+    finally:
+        os.close(fd)
 
 
 class Mock:
