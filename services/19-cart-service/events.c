@@ -55,7 +55,7 @@ static const char *uuid_field(json_t *d, const char *key)
     return NULL;
 }
 
-/* The carts whose lines one event changed: each gets one new version at the end. */
+/* The carts whose lines one event changed: each has its version raised once, at the end. */
 struct touched {
     struct gr_arena *a;
     const char **ids; /* arena; duplicates until touched_bump */
