@@ -564,14 +564,47 @@ static void replay(struct gr_req *req, struct gr_resp *resp, const struct gr_ide
 static int outcome_answer(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, int outcome,
                           const struct gr_idem_resp *stored);
 
+/* The key's primary key parameters ($1..$4 of PK_WHERE), and its owner as $5. */
+static void key_params(struct gr_db_val p[5], const struct gr_req *req, const struct gr_idem *ik)
+{
+    p[0] = GR_DB_TEXT(ik->caller);
+    p[1] = GR_DB_TEXT(req->method);
+    p[2] = GR_DB_TEXT(req->path);
+    p[3] = GR_DB_TEXT(ik->key);
+    p[4] = GR_DB_TEXT(ik->owner);
+}
+
+/*
+ * Reserves @ik's key inside the transaction open on req->db (lease @lease_ms, 0 for none):
+ * the insert, or, when the key exists, its takeover or *@outcome telling what it is.
+ */
+static int reserve_in_tx(struct gr_req *req, const struct gr_idem *ik, long long lease_ms,
+                         int *outcome, struct gr_idem_resp *stored)
+{
+    struct gr_db_val pk[5], p[9];
+    long long now = gr_time_now_ms(), changes = 0;
+    int rc;
+
+    *outcome = GR_IDEM_OWNED;
+    memset(stored, 0, sizeof(*stored));
+    key_params(pk, req, ik);
+    reserve_params(p, pk, ik->hash, ik->owner, now, lease_ms);
+    rc = gr_db_exec(req->db, INSERT_SQL, p, 9, &changes);
+    if (rc == 0 && changes != 1)
+        rc = reserve_existing(req->db, req->arena, p, now, outcome, stored);
+    return rc;
+}
+
 /* Whether the key of @ik has a row (one read, no transaction). */
 static int key_exists(struct gr_req *req, const struct gr_idem *ik, bool *exists)
 {
-    struct gr_db_val pk[4] = { GR_DB_TEXT(ik->caller), GR_DB_TEXT(req->method),
-                               GR_DB_TEXT(req->path), GR_DB_TEXT(ik->key) };
+    struct gr_db_val pk[5];
     struct gr_db_rows *r = NULL;
-    int rc = gr_db_query(req->db, req->arena, "SELECT 1 FROM idempotency_keys WHERE " PK_WHERE, pk,
-                         4, &r);
+    int rc;
+
+    key_params(pk, req, ik);
+    rc = gr_db_query(req->db, req->arena, "SELECT 1 FROM idempotency_keys WHERE " PK_WHERE, pk, 4,
+                     &r);
 
     *exists = rc == 0 && gr_db_nrows(r) > 0;
     return rc;
@@ -579,21 +612,13 @@ static int key_exists(struct gr_req *req, const struct gr_idem *ik, bool *exists
 
 int gr_idem__begin_lazy(struct gr_req *req, struct gr_idem *ik, bool *now)
 {
-    struct gr_db_val pk[4] = { GR_DB_TEXT(ik->caller), GR_DB_TEXT(req->method),
-                               GR_DB_TEXT(req->path), GR_DB_TEXT(ik->key) };
-    struct gr_db_val p[9];
     struct gr_idem_resp stored;
-    long long t = gr_time_now_ms(), changes = 0;
-    int outcome = GR_IDEM_OWNED, rc;
+    int outcome, rc;
 
     *now = false;
     if (!ik->lazy || ik->active)
         return 0;
-    memset(&stored, 0, sizeof(stored));
-    reserve_params(p, pk, ik->hash, ik->owner, t, atomic_load(&lease_active_ms));
-    rc = gr_db_exec(req->db, INSERT_SQL, p, 9, &changes);
-    if (rc == 0 && changes != 1)
-        rc = reserve_existing(req->db, req->arena, p, t, &outcome, &stored);
+    rc = reserve_in_tx(req, ik, atomic_load(&lease_active_ms), &outcome, &stored);
     if (rc < 0)
         return rc;
     ik->lazy = false;
@@ -717,23 +742,15 @@ static int outcome_answer(struct gr_req *req, struct gr_resp *resp, struct gr_id
 
 int gr_idem__begin_tx(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik)
 {
-    struct gr_db_val pk[4] = { GR_DB_TEXT(ik->caller), GR_DB_TEXT(req->method),
-                               GR_DB_TEXT(req->path), GR_DB_TEXT(ik->key) };
-    struct gr_db_val p[9];
     struct gr_idem_resp stored;
-    long long now = gr_time_now_ms(), changes = 0;
-    int outcome = GR_IDEM_OWNED, rc;
+    int outcome, rc;
 
     ik->active = ik->stored = false;
     if (!ik->in_tx)
         return 0;
-    memset(&stored, 0, sizeof(stored));
     /* No lease: the pending row is never seen outside this transaction, which commits it done
      * (or not at all). A twin request waits for it at the insert (its unique key). */
-    reserve_params(p, pk, ik->hash, ik->owner, now, 0);
-    rc = gr_db_exec(req->db, INSERT_SQL, p, 9, &changes);
-    if (rc == 0 && changes != 1)
-        rc = reserve_existing(req->db, req->arena, p, now, &outcome, &stored);
+    rc = reserve_in_tx(req, ik, 0, &outcome, &stored);
     if (rc < 0)
         return rc;
     return outcome_answer(req, resp, ik, outcome, &stored);
@@ -853,10 +870,10 @@ int gr_idem__store_in_tx(struct gr_req *req, struct gr_resp *resp, struct gr_ide
 /* True when the key's row is @ik's and done: a gr_idem__store_in_tx write that committed. */
 static bool stored_done(struct gr_req *req, struct gr_idem *ik)
 {
-    struct gr_db_val p[5] = { GR_DB_TEXT(ik->caller), GR_DB_TEXT(req->method),
-                              GR_DB_TEXT(req->path), GR_DB_TEXT(ik->key), GR_DB_TEXT(ik->owner) };
+    struct gr_db_val p[5];
     struct gr_db_rows *r = NULL;
 
+    key_params(p, req, ik);
     if (gr_db_in_tx(req->db) ||
         gr_db_query(req->db, req->arena,
                     "SELECT state FROM idempotency_keys WHERE " PK_WHERE " AND owner = $5", p, 5,

@@ -479,17 +479,11 @@ def main():
     build = os.path.abspath(sys.argv[1])
     pg = sys.argv[2] if len(sys.argv) > 2 else None
     tmp = tempfile.mkdtemp(prefix="gr-pay-reconcile-")
-    tool = os.path.join(build, "bin", "gr-jwt")
-    key, jwks = os.path.join(tmp, "k.pem"), os.path.join(tmp, "jwks.json")
-    subprocess.run([tool, "keygen", "--alg", "ES256", "--kid", "t", "--key", key, "--jwks", jwks],
-                   check=True, stdout=subprocess.DEVNULL)
+    minter = gt.Minter(build, tmp)
+    jwks = minter.jwks
 
-    def mint(roles, perms=None):
-        args = [tool, "sign", "--key", key, "--alg", "ES256", "--kid", "t", "--sub",
-                str(uuid.uuid4()), "--roles", roles, "--ttl", "3600"]
-        if perms:
-            args += ["--perms", perms]
-        return subprocess.run(args, check=True, stdout=subprocess.PIPE).stdout.decode().strip()
+    def mint(roles, perms=""):
+        return minter.token(str(uuid.uuid4()), perms, roles, ttl=3600)
 
     stripe_flow(build, tmp, jwks, pg, mint)
     test_provider_flow(build, tmp, jwks, pg, mint)
