@@ -17,6 +17,7 @@
 #include "gr/auth.h"
 #include "gr/buf.h"
 #include "gr/id.h"
+#include "gr/service.h"
 #include "gr/time.h"
 
 #define HASH_HEX 64
@@ -182,27 +183,48 @@ static json_t *str_or_null(const char *s)
     return s != NULL ? json_string(s) : json_null();
 }
 
+/* The cart and its lines, read together by cart_render. */
+struct render_read {
+    const char *id;
+    struct cart c;
+    struct cart_item *items;
+    size_t n;
+};
+
+static int render_read(struct gr_req *req, void *arg)
+{
+    struct render_read *r = arg;
+    struct gr_db_rows *rows = NULL;
+    int rc;
+
+    rc = gr_db_query(req->db, req->arena, "SELECT " CART_COLS " FROM carts WHERE id = $1",
+                     (struct gr_db_val[]){ GR_DB_TEXT(r->id) }, 1, &rows);
+    if (rc < 0)
+        return rc;
+    if (gr_db_nrows(rows) != 1)
+        return GR_ENOTFOUND;
+    cart_from_row(rows, 0, &r->c);
+    return cart_items(req, r->id, &r->items, &r->n);
+}
+
 int cart_render(struct gr_req *req, const char *id, const char *token, json_t **out)
 {
-    struct gr_db_rows *rows = NULL;
-    struct cart_item *items = NULL;
+    /* One snapshot: an event applied meanwhile must not show its lines with the old version. */
+    struct render_read r = { .id = id };
+    struct cart_item *items;
     struct cart c;
-    size_t n = 0;
+    size_t n;
     long long count = 0;
     bool any_changed = false, any_unavailable = false, any_oos = false;
     json_t *arr, *body;
     int rc;
 
-    rc = gr_db_query(req->db, req->arena, "SELECT " CART_COLS " FROM carts WHERE id = $1",
-                     (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &rows);
+    rc = gr_req_read(req, render_read, &r);
     if (rc < 0)
         return rc;
-    if (gr_db_nrows(rows) != 1)
-        return GR_ENOTFOUND;
-    cart_from_row(rows, 0, &c);
-    rc = cart_items(req, id, &items, &n);
-    if (rc < 0)
-        return rc;
+    c = r.c;
+    items = r.items;
+    n = r.n;
     arr = json_array();
     for (size_t i = 0; i < n; i++) {
         const struct cart_item *it = &items[i];

@@ -420,7 +420,8 @@ static int run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
         return rc;
     }
     rc = engine_run(c, a, sql, params, nparams, out, changes);
-    if (rc == GR_EUNAVAIL && c->db->engine == GR_DB_PG && !c->tx && !gr_db__pg_healthy(c)) {
+    if (rc == GR_EUNAVAIL && c->db->engine == GR_DB_PG && !c->tx && !c->snap &&
+        !gr_db__pg_healthy(c)) {
         /* The server dropped an idle connection (restart, failover): retry once. */
         gr_log_info("db connection lost, reconnecting", "error", c->errmsg);
         rc = ensure_open(c);
@@ -973,7 +974,7 @@ static int begin_tx(struct gr_db_conn *c, const char *pg_sql)
 {
     int rc;
 
-    if (c->tx) {
+    if (c->tx || c->snap) {
         gr_db__set_err(c, "nested", "transaction already open");
         gr_log_error("db begin inside a transaction");
         return GR_EINTERNAL;
@@ -996,6 +997,46 @@ int gr_db_begin(struct gr_db_conn *c)
 int gr_db_begin_read_committed(struct gr_db_conn *c)
 {
     return begin_tx(c, "BEGIN ISOLATION LEVEL READ COMMITTED");
+}
+
+int gr_db_read_begin(struct gr_db_conn *c)
+{
+    int rc;
+
+    if (c->tx || c->snap) {
+        gr_db__set_err(c, "nested", "transaction already open");
+        gr_log_error("db read snapshot inside a transaction");
+        return GR_EINTERNAL;
+    }
+    /* SQLite: the connection's own handle, outside the write batch; WAL gives the snapshot at
+     * the first read. PostgreSQL: one snapshot for every statement, no predicate locks. */
+    rc = run(c, NULL,
+             c->db->engine == GR_DB_SQLITE ? "BEGIN DEFERRED"
+                                           : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+             NULL, 0, NULL, NULL);
+    if (rc == 0)
+        c->snap = true;
+    return rc;
+}
+
+int gr_db_read_end(struct gr_db_conn *c)
+{
+    int rc = 0;
+
+    if (!c->snap)
+        return 0;
+    c->snap = false;
+    if (engine_in_tx(c)) {
+        rc = engine_run(c, NULL, "ROLLBACK", NULL, 0, NULL, NULL);
+        if (rc < 0)
+            log_failure(c, "ROLLBACK", rc);
+    }
+    return rc;
+}
+
+bool gr_db_in_read(const struct gr_db_conn *c)
+{
+    return c->snap;
 }
 
 int gr_db_rollback(struct gr_db_conn *c)

@@ -78,6 +78,7 @@ struct gr_db_conn {
     bool tx;          /* gr_db_begin succeeded and no commit/rollback since */
     bool holds_write; /* SQLite: this connection holds db->write_mu */
     bool lazy;        /* SQLite: transaction begun, write_mu not taken until its 1st statement */
+    bool snap;        /* gr_db_read_begin succeeded and no gr_db_read_end since */
     struct gr_db_conn *via;    /* SQLite, in a transaction: the shared writer that runs it */
     int tx_err;                /* first error inside the open transaction, 0 if none */
     void (*on_commit)(void *); /* gr_db_on_commit hook of the open transaction */

@@ -316,6 +316,10 @@ int gr_db__lite_run(struct gr_db_conn *c, struct gr_arena *a, const char *sql,
     rc = stmt_get(c, sql, &st);
     if (rc < 0)
         return rc;
+    if (c->snap && !sqlite3_stmt_readonly(st)) {
+        gr_db__set_err(c, "readonly", "a write inside a read snapshot");
+        return GR_EINTERNAL;
+    }
     rc = bind_params(c, st, params, nparams);
     if (rc < 0)
         goto out;

@@ -173,6 +173,20 @@ GR_MUST_CHECK int gr_db_begin(struct gr_db_conn *c);
  */
 GR_MUST_CHECK int gr_db_begin_read_committed(struct gr_db_conn *c);
 /**
+ * Opens a read snapshot on @c: every statement until gr_db_read_end sees the database as of
+ * one moment, so a reader that renders one object from several statements (a row, then its
+ * children) never shows a write half-applied (the parent's version from before it, the
+ * children from after). SQLite: BEGIN DEFERRED on @c's own handle, outside the write batch
+ * (WAL: the snapshot is taken at the first read; writers are not held up); PostgreSQL: BEGIN
+ * ISOLATION LEVEL REPEATABLE READ READ ONLY. Only reads: a write fails (GR_EINTERNAL on
+ * SQLite, GR_EDB on PostgreSQL). Inside a transaction or a snapshot: GR_EINTERNAL.
+ */
+GR_MUST_CHECK int gr_db_read_begin(struct gr_db_conn *c);
+/** Ends the snapshot gr_db_read_begin opened; 0 when none is open (always safe to call). */
+int gr_db_read_end(struct gr_db_conn *c);
+/** Is a read snapshot open on @c? */
+bool gr_db_in_read(const struct gr_db_conn *c);
+/**
  * Commits. On any failure the transaction is rolled back, so none is open afterwards. When a
  * statement failed inside the transaction, nothing is committed and that statement's error is
  * returned. Serialization failures at commit give GR_EBUSY.

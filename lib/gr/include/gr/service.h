@@ -95,6 +95,14 @@ GR_MUST_CHECK int gr_req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, vo
  * a non-2xx @resp); an error (e.g. 409 when the key was taken over) must fail the transaction.
  */
 GR_MUST_CHECK int gr_req_idem_store(struct gr_req *req, struct gr_resp *resp);
+/**
+ * Runs @fn(@req, @arg) inside a read snapshot on req->db (gr_db_read_begin) and ends it: for a
+ * handler that renders one object from several reads and must not show a concurrent write
+ * half-applied. Inside a transaction or snapshot already open, @fn simply runs in it. @fn must
+ * only read. Returns @fn's code (or the snapshot's error).
+ */
+GR_MUST_CHECK int gr_req_read(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg),
+                              void *arg);
 /** gr_req_tx at READ COMMITTED on PostgreSQL (see gr_db_begin_read_committed). */
 GR_MUST_CHECK int gr_req_tx_read_committed(struct gr_req *req,
                                            int (*fn)(struct gr_req *req, void *arg), void *arg);

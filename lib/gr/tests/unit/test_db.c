@@ -337,6 +337,41 @@ static void test_read_committed(void **state)
     gr_db_close(other);
 }
 
+/* A read snapshot sees one moment: a write committed meanwhile shows only after it ends. */
+static void test_read_snapshot(void **state)
+{
+    struct env *e = *state;
+    struct gr_db_opts opts = { .busy_timeout_ms = 5000 };
+    struct gr_db_val b[] = { GR_DB_TEXT("b") };
+    struct gr_db *other;
+    struct gr_db_conn *c2;
+    char err[256];
+
+    exec_ok(e, "CREATE TABLE snap (k TEXT PRIMARY KEY)");
+    exec_ok(e, "INSERT INTO snap (k) VALUES ('a')");
+    assert_int_equal(gr_db_open(e->url, &opts, &other, err, sizeof(err)), 0);
+    assert_int_equal(gr_db_conn(other, &c2), 0);
+    assert_int_equal(gr_db_read_begin(e->c), 0);
+    assert_true(gr_db_in_read(e->c));
+    assert_false(gr_db_in_tx(e->c));
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM snap"), 1);
+    /* Committed by another connection while the snapshot is open: not seen. */
+    assert_int_equal(gr_db_exec(c2, "INSERT INTO snap (k) VALUES ($1)", b, 1, NULL), 0);
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM snap"), 1);
+    /* No transaction or second snapshot inside, no write. */
+    assert_int_equal(gr_db_begin(e->c), GR_EINTERNAL);
+    assert_int_equal(gr_db_read_begin(e->c), GR_EINTERNAL);
+    assert_true(gr_db_exec(e->c, "INSERT INTO snap (k) VALUES ('c')", NULL, 0, NULL) < 0);
+    assert_int_equal(gr_db_read_end(e->c), 0);
+    assert_false(gr_db_in_read(e->c));
+    assert_int_equal(gr_db_read_end(e->c), 0); /* none open: nothing to do */
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM snap"), 2);
+    /* The connection writes again as usual. */
+    exec_ok(e, "INSERT INTO snap (k) VALUES ('c')");
+    assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM snap"), 3);
+    gr_db_close(other);
+}
+
 /* Lock contention: SQLite waits for the busy timeout, PostgreSQL fails the later writer. */
 static void test_busy(void **state)
 {
@@ -1153,6 +1188,7 @@ static void test_pg_reconnect(void **state)
     X(test_constraints)                                                                            \
     X(test_tx)                                                                                     \
     X(test_read_committed)                                                                         \
+    X(test_read_snapshot)                                                                          \
     X(test_busy)                                                                                   \
     X(test_migrations)                                                                             \
     X(test_migrate_race)                                                                           \
