@@ -36,7 +36,7 @@ STATE=$GRAVITY_DATA/gravity.state
 cleanup() {
     local p
     for p in "${PIDS[@]}"; do
-        kill -9 "$p" 2>/dev/null
+        [ "${p:-0}" -gt 0 ] 2>/dev/null && kill -9 "$p" 2>/dev/null # never 0: the process group
     done
     for p in "${PIDS[@]}"; do
         wait "$p" 2>/dev/null
@@ -112,7 +112,7 @@ free_offset() {
     $PY - "$@" <<'PY'
 import random, socket, sys
 for _ in range(200):
-    base = random.randint(20000, 60000)
+    base = random.randint(12000, 31000)  # below the kernel's ephemeral range (32768-)
     socks = []
     try:
         for n in sys.argv[1:]:
@@ -337,6 +337,16 @@ if [ -x "$SB/04-config-service" ] && [ -x "$SB/05-auth-service" ] && [ -x "$SB/1
     PIDS+=("$G")
     check "up starts auth, the event bus and product-service" \
         wait_until 60 file_has "$T/real.out" "17-product-service"
+    # The table is printed at the ready deadline too: under TSan on a busy box a service may
+    # still be starting (or restarting) then, so the checks below wait for all four to be up.
+    real_up() { for s in "${REAL[@]}"; do [ "$(svc_field "$s" state)" = up ] || return 1; done; }
+    check "all four services are up" wait_until 120 real_up
+    if ! real_up; then
+        for s in "${REAL[@]}"; do
+            echo "# $s: state $(svc_field "$s" state), restarts $(svc_field "$s" restarts)"
+            tail -n 5 "$RDATA/logs/$s.log" 2>/dev/null | sed 's/^/#   /'
+        done
+    fi
     for s in "${REAL[@]}"; do PIDS+=("$(svc_pid "$s")"); done
     # proc_env PID NAME: NAME's value in the environment gravity gave the process.
     proc_env() { tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | sed -n "s/^$2=//p"; }
