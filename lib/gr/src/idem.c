@@ -33,6 +33,7 @@
 #include "db_int.h"
 #include "gr/auth.h"
 #include "gr/id.h"
+#include "gr/json.h"
 #include "gr/log.h"
 #include "gr/router.h"
 #include "gr/time.h"
@@ -789,15 +790,11 @@ static bool utf8_text(const char *p, size_t n)
 /* @j rendered as reply() renders it, into the arena; *@len (may be NULL) its length. */
 static char *dump(struct gr_arena *a, const json_t *j, size_t *len)
 {
-    size_t n = json_dumpb(j, NULL, 0, JSON_COMPACT);
-    char *txt;
+    size_t n = 0;
+    char *txt = gr_json_dumpb(a, j, JSON_COMPACT, &n);
 
-    if (n == 0)
+    if (!txt)
         GR_BUG("json_dumpb failed");
-    txt = gr_arena_alloc(a, n + 1);
-    if (json_dumpb(j, txt, n, JSON_COMPACT) != n)
-        GR_BUG("json_dumpb failed");
-    txt[n] = '\0';
     if (len)
         *len = n;
     return txt;

@@ -460,23 +460,29 @@ json_t *gr_json_merge_patch_value(json_t *target, json_t *patch)
 
 int gr_json_dump(struct gr_arena *a, const json_t *v, struct gr_str *out)
 {
-    const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
-    size_t n, m;
-    char *p;
-
     out->ptr = NULL;
     out->len = 0;
     if (!v)
         return GR_EINTERNAL;
-    n = json_dumpb(v, NULL, 0, flags);
+    out->ptr = gr_json_dumpb(a, v, JSON_COMPACT | JSON_ENCODE_ANY, &out->len);
+    return out->ptr ? 0 : GR_EINTERNAL;
+}
+
+char *gr_json_dumpb(struct gr_arena *a, const json_t *v, size_t flags, size_t *len)
+{
+    /* One pass for the common small document: measuring first costs a second serialisation. */
+    size_t cap = GR_JSON_DUMP_GUESS, n;
+    char *p = gr_arena_alloc(a, cap);
+
+    n = json_dumpb(v, p, cap - 1, flags);
     if (n == 0)
-        return GR_EINTERNAL;
-    p = gr_arena_alloc(a, n + 1);
-    m = json_dumpb(v, p, n, flags);
-    if (m != n)
-        return GR_EINTERNAL;
+        return NULL;
+    if (n > cap - 1) {
+        p = gr_arena_alloc(a, n + 1);
+        if (json_dumpb(v, p, n, flags) != n)
+            return NULL;
+    }
     p[n] = '\0';
-    out->ptr = p;
-    out->len = n;
-    return 0;
+    *len = n;
+    return p;
 }

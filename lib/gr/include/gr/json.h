@@ -149,4 +149,12 @@ json_t *gr_json_merge_patch_value(json_t *target, json_t *patch);
  */
 GR_MUST_CHECK int gr_json_dump(struct gr_arena *a, const json_t *v, struct gr_str *out);
 
+/* Arena bytes a dump first tries to fit in: a document up to this size is serialised once. */
+#define GR_JSON_DUMP_GUESS 4096
+/**
+ * Dumps @v with jansson @flags into NUL-terminated arena memory, its length into *@len; NULL
+ * if jansson fails. One serialisation when the text fits GR_JSON_DUMP_GUESS bytes, else two.
+ */
+char *gr_json_dumpb(struct gr_arena *a, const json_t *v, size_t flags, size_t *len);
+
 #endif

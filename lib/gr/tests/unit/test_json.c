@@ -559,6 +559,37 @@ static void test_dump(void **state)
     assert_null(s.ptr);
 }
 
+/* Texts shorter than, exactly at and longer than the one-pass guess come out whole. */
+static void test_dump_sizes(void **state)
+{
+    struct fx *f = *state;
+    /* {"k":"xxx…"}: 8 bytes around the string */
+    const size_t sizes[] = { 9,
+                             GR_JSON_DUMP_GUESS - 2,
+                             GR_JSON_DUMP_GUESS - 1,
+                             GR_JSON_DUMP_GUESS,
+                             GR_JSON_DUMP_GUESS + 1,
+                             5 * GR_JSON_DUMP_GUESS };
+
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        size_t n = sizes[i] - 8, len = 0;
+        char *x = gr_arena_alloc(&f->a, n + 1);
+        json_t *v;
+        char *txt;
+
+        memset(x, 'x', n);
+        x[n] = '\0';
+        v = json_pack("{s:s}", "k", x);
+        txt = gr_json_dumpb(&f->a, v, JSON_COMPACT, &len);
+        assert_non_null(txt);
+        assert_int_equal(len, sizes[i]);
+        assert_int_equal(strlen(txt), len);
+        assert_memory_equal(txt, "{\"k\":\"", 6);
+        assert_memory_equal(txt + len - 2, "\"}", 2);
+        json_decref(v);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -579,6 +610,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_merge_patch_rfc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_merge_patch_aliasing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dump, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dump_sizes, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
