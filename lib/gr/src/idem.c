@@ -860,6 +860,8 @@ int gr_idem__store_in_tx(struct gr_req *req, struct gr_resp *resp, struct gr_ide
     if (rc == 0 && ik->stored) {
         ik->stored = false; /* until its transaction is known to have committed */
         ik->tx_stored = true;
+        ik->tx_open = true;
+        ik->tx_committed = false;
     }
     return rc;
 }
@@ -901,8 +903,9 @@ void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, 
     }
     if (!ik->active)
         return;
+    /* Committed by gr_req_tx: known. Else (a transaction the handler ended itself) ask. */
     if (rc == 0 && success(resp) && !ik->stored && ik->tx_stored)
-        ik->stored = stored_done(req, ik);
+        ik->stored = ik->tx_committed || stored_done(req, ik);
     if (rc == 0 && success(resp) && !ik->stored) {
         if (gr_idem__store(req, resp, ik) < 0)
             gr_log_warn("idempotent response not stored", "route", req->route->pattern,
