@@ -120,6 +120,12 @@ GR_MUST_CHECK int pay_apply(struct gr_db_conn *db, struct gr_arena *a, const cha
                             const char *status, long long captured, const char *provider_ref,
                             const char *failure, const char *source, const char *event_id,
                             const char *traceparent, bool *changed);
+/** pay_apply that also gives the payment as it now is in *@out when *@changed (the row the
+ * write returned: no second read), else out->rows NULL. */
+GR_MUST_CHECK int pay_apply_row(struct gr_db_conn *db, struct gr_arena *a, const char *id,
+                                const char *status, long long captured, const char *provider_ref,
+                                const char *failure, const char *source, const char *event_id,
+                                const char *traceparent, bool *changed, struct pay_row *out);
 /**
  * Finishes a refund in the open transaction: succeeded (event payment.refunded) or failed
  * (the reserved amount goes back to the payment). No-op unless the refund is pending.

@@ -159,19 +159,20 @@ static const char *event_of(const char *to)
     return NULL;
 }
 
+/* Emits @type for payment @id as it is now: @row when the caller has it, else read. */
 static int emit_payment(struct gr_db_conn *db, struct gr_arena *a, const char *id, const char *type,
-                        json_t *extra, const char *traceparent)
+                        json_t *extra, const char *traceparent, const struct pay_row *row)
 {
     struct pay_row p;
     struct gr_str txt;
     json_t *o;
-    int rc = pay_load(db, a, id, &p);
+    int rc = row ? 0 : pay_load(db, a, id, &p);
 
     if (rc < 0) {
         json_decref(extra);
         return rc;
     }
-    o = pay_json(&p, false);
+    o = pay_json(row ? row : &p, false);
     json_object_del(o, "livemode");
     json_object_del(o, "next_action");
     if (extra)
@@ -188,32 +189,46 @@ int pay_apply(struct gr_db_conn *db, struct gr_arena *a, const char *id, const c
               const char *event_id, const char *traceparent, bool *changed)
 {
     struct pay_row p;
-    const char *from, *type;
+
+    return pay_apply_row(db, a, id, status, captured, provider_ref, failure, source, event_id,
+                         traceparent, changed, &p);
+}
+
+int pay_apply_row(struct gr_db_conn *db, struct gr_arena *a, const char *id, const char *status,
+                  long long captured, const char *provider_ref, const char *failure,
+                  const char *source, const char *event_id, const char *traceparent, bool *changed,
+                  struct pay_row *out)
+{
+    struct pay_row p;
+    const char *from, *type, *ref = NULL;
     char now[GR_TIME_STR_LEN];
-    long long amount, n = 0;
+    long long amount;
     int rc;
 
     *changed = false;
+    out->rows = NULL;
+    out->i = 0;
     rc = pay_load(db, a, id, &p);
     if (rc < 0)
         return rc;
     from = gr_db_text(p.rows, 0, PC_STATUS);
     amount = gr_db_int(p.rows, 0, PC_AMOUNT);
     pay_now(now);
-    if (provider_ref && provider_ref[0] && gr_db_isnull(p.rows, 0, PC_REF)) {
-        rc = gr_db_exec(db, "UPDATE payments SET provider_ref = $2 WHERE id = $1",
-                        (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(provider_ref) }, 2, NULL);
-        if (rc < 0)
-            return rc;
+    if (provider_ref && provider_ref[0] && gr_db_isnull(p.rows, 0, PC_REF))
+        ref = provider_ref;
+    if (!allowed(from, status)) {
+        /* No move, but a provider reference learnt is kept. */
+        if (ref)
+            rc = gr_db_exec(db, "UPDATE payments SET provider_ref = $2 WHERE id = $1",
+                            (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(ref) }, 2, NULL);
+        return rc;
     }
-    if (!allowed(from, status))
-        return 0;
     if (captured <= 0 || captured > amount)
         captured = amount;
     if (failure && !failure[0])
         failure = NULL;
-    rc = gr_db_exec(
-        db,
+    rc = gr_db_query(
+        db, a,
         "UPDATE payments SET status = $2,"
         " amount_captured = CASE WHEN $2 = 'succeeded' THEN CAST($3 AS BIGINT)"
         " ELSE amount_captured END,"
@@ -224,14 +239,19 @@ int pay_apply(struct gr_db_conn *db, struct gr_arena *a, const char *id, const c
         " 'requested_by_customer') ELSE cancellation_reason END,"
         " authorized_at = CASE WHEN $2 = 'requires_capture' AND authorized_at IS NULL"
         " THEN CAST($5 AS TEXT) ELSE authorized_at END,"
-        " version = version + 1, updated_at = $5 WHERE id = $1 AND status = $6",
+        " provider_ref = COALESCE(provider_ref, CAST($7 AS TEXT)),"
+        " version = version + 1, updated_at = $5 WHERE id = $1 AND status = $6"
+        " RETURNING " PAYMENT_COLS,
         (struct gr_db_val[]){ GR_DB_TEXT(id), GR_DB_TEXT(status), GR_DB_INT(captured),
-                              GR_DB_TEXT(failure), GR_DB_TEXT(now), GR_DB_TEXT(from) },
-        6, &n);
+                              GR_DB_TEXT(failure), GR_DB_TEXT(now), GR_DB_TEXT(from),
+                              GR_DB_TEXT(ref) },
+        7, &out->rows);
     if (rc < 0)
         return rc;
-    if (n != 1)
+    if (gr_db_nrows(out->rows) != 1) {
+        out->rows = NULL;
         return GR_EBUSY; /* moved under us: the caller's transaction runs again */
+    }
     rc = pay_log(db, id, NULL, status, from, status, is(status, "succeeded") ? captured : amount,
                  gr_db_text(p.rows, 0, PC_CURRENCY), gr_db_text(p.rows, 0, PC_FINGERPRINT), source,
                  event_id);
@@ -239,7 +259,7 @@ int pay_apply(struct gr_db_conn *db, struct gr_arena *a, const char *id, const c
         return rc;
     *changed = true;
     type = event_of(status);
-    return type ? emit_payment(db, a, id, type, NULL, traceparent) : 0;
+    return type ? emit_payment(db, a, id, type, NULL, traceparent, out) : 0;
 }
 
 int pay_refund_finish(struct gr_db_conn *db, struct gr_arena *a, const char *refund_id, bool ok,
@@ -295,7 +315,7 @@ int pay_refund_finish(struct gr_db_conn *db, struct gr_arena *a, const char *ref
                      (struct gr_db_val[]){ GR_DB_TEXT(refund_id) }, 1, &r);
     if (rc < 0)
         return rc;
-    return emit_payment(db, a, pid, "payment.refunded", pay_refund_json(r, 0), traceparent);
+    return emit_payment(db, a, pid, "payment.refunded", pay_refund_json(r, 0), traceparent, NULL);
 }
 
 bool pay_has_card_number(json_t *j)

@@ -93,25 +93,27 @@ static int create_tx(struct gr_req *req, void *arg)
     int rc;
 
     pay_now(now);
-    rc =
-        gr_db_exec(req->db,
-                   "INSERT INTO payments (id, order_id, user_id, amount, currency, status,"
-                   " capture_method, payment_method_id, method_ref, fingerprint, last4, provider,"
-                   " idem_caller, idem_key, created_at, updated_at, pending_op)"
-                   " VALUES ($1, $2, $3, $4, $5, 'processing', $6, $7, $8, $9, $10, $11, $12,"
-                   " $13, $14, $14, 'create')",
-                   (struct gr_db_val[]){
-                       GR_DB_TEXT(c->id), GR_DB_TEXT(c->order_id), GR_DB_TEXT(c->user_id),
-                       GR_DB_INT(c->amount), GR_DB_TEXT(c->currency), GR_DB_TEXT(c->capture_method),
-                       GR_DB_TEXT(c->pm_id), GR_DB_TEXT(c->method_ref), GR_DB_TEXT(c->fingerprint),
-                       GR_DB_TEXT(c->last4), GR_DB_TEXT(app_of(req)->provider.name),
-                       GR_DB_TEXT(c->caller), GR_DB_TEXT(c->key), GR_DB_TEXT(now) },
-                   14, NULL);
+    /* RETURNING: the event below renders the row as stored, without reading it again. */
+    rc = gr_db_query(
+        req->db, req->arena,
+        "INSERT INTO payments (id, order_id, user_id, amount, currency, status,"
+        " capture_method, payment_method_id, method_ref, fingerprint, last4, provider,"
+        " idem_caller, idem_key, created_at, updated_at, pending_op)"
+        " VALUES ($1, $2, $3, $4, $5, 'processing', $6, $7, $8, $9, $10, $11, $12,"
+        " $13, $14, $14, 'create') RETURNING " PAYMENT_COLS,
+        (struct gr_db_val[]){ GR_DB_TEXT(c->id), GR_DB_TEXT(c->order_id), GR_DB_TEXT(c->user_id),
+                              GR_DB_INT(c->amount), GR_DB_TEXT(c->currency),
+                              GR_DB_TEXT(c->capture_method), GR_DB_TEXT(c->pm_id),
+                              GR_DB_TEXT(c->method_ref), GR_DB_TEXT(c->fingerprint),
+                              GR_DB_TEXT(c->last4), GR_DB_TEXT(app_of(req)->provider.name),
+                              GR_DB_TEXT(c->caller), GR_DB_TEXT(c->key), GR_DB_TEXT(now) },
+        14, &p.rows);
+    p.i = 0;
+    if (rc == 0 && gr_db_nrows(p.rows) != 1)
+        rc = GR_EINTERNAL;
     if (rc == 0)
         rc = pay_log(req->db, c->id, NULL, "initiated", NULL, "processing", c->amount, c->currency,
                      c->fingerprint, "api", NULL);
-    if (rc == 0)
-        rc = pay_load(req->db, req->arena, c->id, &p);
     if (rc < 0)
         return rc;
     o = pay_json(&p, false);
@@ -143,9 +145,9 @@ static int apply_tx(struct gr_req *req, void *arg)
     bool changed;
     int rc;
 
-    rc = pay_apply(req->db, req->arena, ap->id, ap->status, ap->captured, ap->ref, ap->failure,
-                   "api", NULL, gr_req_header(req, "traceparent"), &changed);
-    if (rc == 0)
+    rc = pay_apply_row(req->db, req->arena, ap->id, ap->status, ap->captured, ap->ref, ap->failure,
+                       "api", NULL, gr_req_header(req, "traceparent"), &changed, &p);
+    if (rc == 0 && !changed)
         rc = pay_load(req->db, req->arena, ap->id, &p);
     if (rc < 0)
         return rc;
