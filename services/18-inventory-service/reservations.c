@@ -22,31 +22,29 @@
 
 #define R "/api/v1/inventory/reservations"
 
-#define RES_COLS "id, order_id, status, expires_at, version, created_at, updated_at"
-
 int inv_res_json(struct gr_db_conn *db, struct gr_arena *a, const char *id, json_t **out)
 {
-    struct gr_db_rows *rows = NULL, *items = NULL;
+    struct gr_db_rows *rows = NULL;
     json_t *arr, *o;
     int rc;
 
-    rc = gr_db_query(db, a, "SELECT " RES_COLS " FROM reservations WHERE id = $1",
+    /* The reservation and its items in one statement (one snapshot): a row per item. */
+    rc = gr_db_query(db, a,
+                     "SELECT r.id, r.order_id, r.status, r.expires_at, r.version, r.created_at,"
+                     " r.updated_at, i.sku, i.warehouse_id, i.quantity FROM reservations r"
+                     " LEFT JOIN reservation_items i ON i.reservation_id = r.id"
+                     " WHERE r.id = $1 ORDER BY i.sku, i.warehouse_id",
                      (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &rows);
     if (rc < 0)
         return rc;
-    if (gr_db_nrows(rows) != 1)
+    if (gr_db_nrows(rows) == 0)
         return GR_ENOTFOUND;
-    rc = gr_db_query(db, a,
-                     "SELECT sku, warehouse_id, quantity FROM reservation_items"
-                     " WHERE reservation_id = $1 ORDER BY sku, warehouse_id",
-                     (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &items);
-    if (rc < 0)
-        return rc;
     arr = json_array();
-    for (size_t i = 0; i < gr_db_nrows(items); i++)
-        json_array_append_new(arr, json_pack("{s:s,s:s,s:I}", "sku", gr_db_text(items, i, 0),
-                                             "warehouse_id", gr_db_text(items, i, 1), "quantity",
-                                             (json_int_t)gr_db_int(items, i, 2)));
+    for (size_t i = 0; i < gr_db_nrows(rows); i++)
+        if (!gr_db_isnull(rows, i, 7))
+            json_array_append_new(arr, json_pack("{s:s,s:s,s:I}", "sku", gr_db_text(rows, i, 7),
+                                                 "warehouse_id", gr_db_text(rows, i, 8), "quantity",
+                                                 (json_int_t)gr_db_int(rows, i, 9)));
     o = json_pack("{s:s,s:s,s:s,s:s?,s:I,s:s,s:s,s:o}", "id", gr_db_text(rows, 0, 0), "order_id",
                   gr_db_text(rows, 0, 1), "status", gr_db_text(rows, 0, 2), "expires_at",
                   gr_db_text(rows, 0, 3), "version", (json_int_t)gr_db_int(rows, 0, 4),
