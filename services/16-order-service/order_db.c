@@ -17,6 +17,7 @@
     " discount_total, shipping_total, tax_total, tax_inclusive, tax_rate_bp, tax_shipping,"        \
     " grand_total, coupon_code, coupon_redemption_id, shipping_address, shipping_rate_id,"         \
     " reservation_id, payment_id, payment_status, version, created_at, updated_at"
+#define IT 25 /* order_render: the first line column, after ORDER_COLS */
 
 void order_now(char out[32])
 {
@@ -35,35 +36,37 @@ static json_t *str_or_null(const char *s)
 
 int order_render(struct gr_db_conn *db, struct gr_arena *a, const char *id, json_t **out)
 {
-    struct gr_db_rows *r = NULL, *it = NULL;
+    struct gr_db_rows *r = NULL;
     json_t *o, *items, *addr = NULL;
     const char *cur;
     int rc;
 
     *out = NULL;
-    rc = gr_db_query(db, a, "SELECT " ORDER_COLS " FROM orders WHERE id = $1",
+    /* The order and its lines in one statement (one snapshot): a row per line, the line's
+     * columns from IT on. */
+    rc = gr_db_query(db, a,
+                     "SELECT " ORDER_COLS ", i.variant_id, i.product_id, i.sku, i.unit_price,"
+                     " i.quantity, i.line_total, i.discount, i.tax FROM orders"
+                     " LEFT JOIN order_items i ON i.order_id = orders.id WHERE orders.id = $1"
+                     " ORDER BY i.position",
                      (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &r);
     if (rc < 0)
         return rc;
-    if (gr_db_nrows(r) != 1)
+    if (gr_db_nrows(r) == 0)
         return GR_ENOTFOUND;
-    rc = gr_db_query(db, a,
-                     "SELECT variant_id, product_id, sku, unit_price, quantity, line_total,"
-                     " discount, tax FROM order_items WHERE order_id = $1 ORDER BY position",
-                     (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &it);
-    if (rc < 0)
-        return rc;
     cur = gr_db_text(r, 0, 6);
     items = json_array();
-    for (size_t i = 0; i < gr_db_nrows(it); i++)
-        json_array_append_new(
-            items,
-            json_pack("{s:s,s:o,s:s,s:I,s:o,s:o,s:o,s:o}", "variant_id", gr_db_text(it, i, 0),
-                      "product_id", str_or_null(gr_db_text(it, i, 1)), "sku", gr_db_text(it, i, 2),
-                      "quantity", (json_int_t)gr_db_int(it, i, 4), "unit_price",
-                      money(gr_db_int(it, i, 3), cur), "line_total",
-                      money(gr_db_int(it, i, 5), cur), "discount", money(gr_db_int(it, i, 6), cur),
-                      "tax", money(gr_db_int(it, i, 7), cur)));
+    for (size_t i = 0; i < gr_db_nrows(r); i++)
+        if (!gr_db_isnull(r, i, IT))
+            json_array_append_new(
+                items,
+                json_pack("{s:s,s:o,s:s,s:I,s:o,s:o,s:o,s:o}", "variant_id", gr_db_text(r, i, IT),
+                          "product_id", str_or_null(gr_db_text(r, i, IT + 1)), "sku",
+                          gr_db_text(r, i, IT + 2), "quantity", (json_int_t)gr_db_int(r, i, IT + 4),
+                          "unit_price", money(gr_db_int(r, i, IT + 3), cur), "line_total",
+                          money(gr_db_int(r, i, IT + 5), cur), "discount",
+                          money(gr_db_int(r, i, IT + 6), cur), "tax",
+                          money(gr_db_int(r, i, IT + 7), cur)));
     if (gr_json_parse(a, gr_db_text(r, 0, 17), strlen(gr_db_text(r, 0, 17)), &addr, NULL) < 0)
         addr = NULL;
     o = json_object();
