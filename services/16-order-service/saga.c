@@ -68,9 +68,11 @@ struct ord {
     bool at_pay; /* the run reached the payment step */
 };
 
+#define LINE_COL 23 /* load: the first line column */
+
 static int load(struct saga_ctx *s, const char *id, struct ord *o)
 {
-    struct gr_db_rows *r = NULL, *it = NULL;
+    struct gr_db_rows *r = NULL;
     int rc;
 
     memset(o, 0, sizeof(*o));
@@ -80,12 +82,14 @@ static int load(struct saga_ctx *s, const char *id, struct ord *o)
         " o.created_at, o.subtotal, o.shipping_total, o.tax_rate_bp, o.tax_inclusive,"
         " o.tax_shipping, o.cancel_requested, o.coupon_redemption_id, o.reservation_id,"
         " o.payment_id, o.payment_status, g.status, g.attempts, g.refund, o.discount_total,"
-        " o.tax_total, o.grand_total"
-        " FROM orders o JOIN saga_state g ON g.order_id = o.id WHERE o.id = $1",
+        " o.tax_total, o.grand_total, i.variant_id, i.product_id, i.sku, i.unit_price,"
+        " i.quantity, i.line_total, i.discount, i.tax"
+        " FROM orders o JOIN saga_state g ON g.order_id = o.id"
+        " LEFT JOIN order_items i ON i.order_id = o.id WHERE o.id = $1 ORDER BY i.position",
         (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &r);
     if (rc < 0)
         return rc;
-    if (gr_db_nrows(r) != 1)
+    if (gr_db_nrows(r) == 0)
         return GR_ENOTFOUND;
     o->id = gr_db_text(r, 0, 0);
     o->user_id = gr_db_text(r, 0, 1);
@@ -110,25 +114,20 @@ static int load(struct saga_ctx *s, const char *id, struct ord *o)
     o->discount = gr_db_int(r, 0, 20);
     o->tax = gr_db_int(r, 0, 21);
     o->grand = gr_db_int(r, 0, 22);
-    rc = gr_db_query(s->db, s->a,
-                     "SELECT variant_id, product_id, sku, unit_price, quantity, line_total,"
-                     " discount, tax FROM order_items WHERE order_id = $1 ORDER BY position",
-                     (struct gr_db_val[]){ GR_DB_TEXT(id) }, 1, &it);
-    if (rc < 0)
-        return rc;
-    o->n = gr_db_nrows(it);
+    /* The lines came with the order, a row each (LINE_COL on); none: one row of NULLs. */
+    o->n = gr_db_isnull(r, 0, LINE_COL) ? 0 : gr_db_nrows(r);
     o->lines = gr_arena_calloc(s->a, (o->n + 1) * sizeof(*o->lines));
     for (size_t i = 0; i < o->n; i++) {
         struct line *l = &o->lines[i];
 
-        l->variant_id = gr_db_text(it, i, 0);
-        l->product_id = gr_db_text(it, i, 1);
-        l->sku = gr_db_text(it, i, 2);
-        l->unit = gr_db_int(it, i, 3);
-        l->qty = gr_db_int(it, i, 4);
-        l->total = gr_db_int(it, i, 5);
-        l->discount = l->db_discount = gr_db_int(it, i, 6);
-        l->tax = l->db_tax = gr_db_int(it, i, 7);
+        l->variant_id = gr_db_text(r, i, LINE_COL);
+        l->product_id = gr_db_text(r, i, LINE_COL + 1);
+        l->sku = gr_db_text(r, i, LINE_COL + 2);
+        l->unit = gr_db_int(r, i, LINE_COL + 3);
+        l->qty = gr_db_int(r, i, LINE_COL + 4);
+        l->total = gr_db_int(r, i, LINE_COL + 5);
+        l->discount = l->db_discount = gr_db_int(r, i, LINE_COL + 6);
+        l->tax = l->db_tax = gr_db_int(r, i, LINE_COL + 7);
     }
     return 0;
 }
