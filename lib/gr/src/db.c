@@ -736,6 +736,7 @@ static int member_end(struct gr_db_conn *c, bool joined, struct gr_db_waiter *w)
         w->hook_arg = c->on_commit_arg;
         c->on_commit = NULL;
         c->on_commit_arg = NULL;
+        c->committed = NULL; /* not told: its owner reads the outcome back */
         w->rc = 0;
         w->next = db->waiters;
         db->waiters = w;
@@ -1045,6 +1046,7 @@ int gr_db_rollback(struct gr_db_conn *c)
 
     c->on_commit = NULL;
     c->on_commit_arg = NULL;
+    c->committed = NULL;
     if (c->db->engine == GR_DB_SQLITE)
         return lite_rollback(c);
     c->tx = false;
@@ -1092,14 +1094,28 @@ void gr_db_on_commit(struct gr_db_conn *c, void (*fn)(void *), void *arg)
     c->on_commit_arg = arg;
 }
 
-/* Takes the commit hook off @c and runs it when @rc is success. */
+void gr_db__flag_commit(struct gr_db_conn *c, bool *flag)
+{
+    c->committed = flag;
+}
+
+bool *gr_db__commit_flag(const struct gr_db_conn *c)
+{
+    return c->committed;
+}
+
+/* Takes the commit hook and flag off @c; runs the hook and sets the flag when @rc is success. */
 static int after_end(struct gr_db_conn *c, int rc)
 {
     void (*fn)(void *) = c->on_commit;
     void *arg = c->on_commit_arg;
+    bool *flag = c->committed;
 
     c->on_commit = NULL;
     c->on_commit_arg = NULL;
+    c->committed = NULL;
+    if (rc == 0 && flag)
+        *flag = true;
     if (rc == 0 && fn)
         fn(arg);
     return rc;

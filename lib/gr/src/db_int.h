@@ -83,7 +83,8 @@ struct gr_db_conn {
     int tx_err;                /* first error inside the open transaction, 0 if none */
     void (*on_commit)(void *); /* gr_db_on_commit hook of the open transaction */
     void *on_commit_arg;
-    uint64_t rnd; /* backoff jitter state */
+    bool *committed; /* gr_db__flag_commit: set true when the open transaction commits */
+    uint64_t rnd;    /* backoff jitter state */
     char errmsg[GR_DB_ERRMSG_MAX];
     char errcode[16]; /* SQLSTATE or SQLite extended code, for logs */
     /* SQLite */
@@ -103,6 +104,15 @@ struct gr_db_rows {
     const char **colnames; /* ncols, arena */
     const char **cells;    /* nrows * ncols, arena; NULL is SQL NULL */
 };
+
+/*
+ * Sets *@flag to true if and when the transaction open on @c commits (gr_db_commit returning
+ * 0); a rollback or a failed commit leaves it alone. One flag per transaction; NULL clears it.
+ * A deferred commit (gr_db_commit_deferred) does not set it.
+ */
+void gr_db__flag_commit(struct gr_db_conn *c, bool *flag);
+/* The flag gr_db__flag_commit set on @c, or NULL. */
+bool *gr_db__commit_flag(const struct gr_db_conn *c);
 
 /* FNV-1a of the SQL text, the statement caches' key. */
 uint64_t gr_db__hash(const char *s);

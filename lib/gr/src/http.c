@@ -656,8 +656,6 @@ static int req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), 
 
         if (attempt > 1)
             busy_pause(attempt - 1);
-        if (ik != NULL)
-            ik->tx_open = false; /* a store from a transaction not ended here is not ours */
         rc = req_begin(req, read_committed);
         if (rc == 0 && ik != NULL) /* GR_R_IK_LAZY: the key joins the first transaction */
             rc = gr_idem__begin_lazy(req, ik, &reserved);
@@ -667,10 +665,6 @@ static int req_tx(struct gr_req *req, int (*fn)(struct gr_req *req, void *arg), 
             rc = gr_db_commit(req->db);
         else if (gr_db_in_tx(req->db))
             (void)gr_db_rollback(req->db);
-        if (ik != NULL && ik->tx_open) { /* gr_req_idem_store wrote into this transaction */
-            ik->tx_open = false;
-            ik->tx_committed = rc == 0;
-        }
         if (rc != 0 && reserved)
             gr_idem__unreserve(ik); /* rolled back with the transaction */
     }

@@ -860,8 +860,8 @@ int gr_idem__store_in_tx(struct gr_req *req, struct gr_resp *resp, struct gr_ide
     if (rc == 0 && ik->stored) {
         ik->stored = false; /* until its transaction is known to have committed */
         ik->tx_stored = true;
-        ik->tx_open = true;
         ik->tx_committed = false;
+        gr_db__flag_commit(req->db, &ik->tx_committed); /* whoever commits it tells us */
     }
     return rc;
 }
@@ -903,7 +903,7 @@ void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, 
     }
     if (!ik->active)
         return;
-    /* Committed by gr_req_tx: known. Else (a transaction the handler ended itself) ask. */
+    /* Seen committed (gr_db__flag_commit): known. Else (e.g. a failed commit) ask. */
     if (rc == 0 && success(resp) && !ik->stored && ik->tx_stored)
         ik->stored = ik->tx_committed || stored_done(req, ik);
     if (rc == 0 && success(resp) && !ik->stored) {
@@ -914,6 +914,8 @@ void gr_idem__end(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik, 
             gr_log_warn("idempotent response too large or not text: key released", "route",
                         req->route->pattern, "request_id", req->request_id);
     }
+    if (req->db && gr_db__commit_flag(req->db) == &ik->tx_committed)
+        gr_db__flag_commit(req->db, NULL); /* a transaction left open: the flag dies with us */
     /* A failed GR_R_TX attempt rolled its reservation back with its writes. */
     if ((rc < 0 || !ik->stored) && !(ik->in_tx && rc < 0))
         gr_idem__release(req->db, ik->caller, req->method, req->path, ik->key, ik->owner);

@@ -60,8 +60,7 @@ struct gr_idem {
     bool stored;       /* its response was written into the row */
     bool in_tx;        /* a GR_R_TX route: reserved inside the handler's transaction */
     bool tx_stored;    /* written by gr_idem__store_in_tx into a transaction that may commit */
-    bool tx_open;      /* ... into the transaction open now (gr_req_tx ends it and knows how) */
-    bool tx_committed; /* ... and gr_req_tx committed that transaction: no read-back needed */
+    bool tx_committed; /* ... and that transaction was seen to commit: no read-back needed */
     bool lazy;         /* GR_R_IK_LAZY: the key is new; reserve it in the first gr_req_tx */
     int lost;          /* the lazy reservation found the key taken: its enum gr_idem_outcome */
     struct gr_idem_resp lost_resp; /* with lost == GR_IDEM_REPLAY: the stored answer */

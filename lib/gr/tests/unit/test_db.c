@@ -20,6 +20,7 @@
 
 #include <cmocka.h> /* after setjmp.h, stdarg.h and stddef.h, which it needs */
 
+#include "../../src/db_int.h"
 #include "dbenv.h"
 #include "gr/arena.h"
 #include "gr/db.h"
@@ -370,6 +371,43 @@ static void test_read_snapshot(void **state)
     exec_ok(e, "INSERT INTO snap (k) VALUES ('c')");
     assert_int_equal(count_rows(e, "SELECT COUNT(*) FROM snap"), 3);
     gr_db_close(other);
+}
+
+/* gr_db__flag_commit: the flag turns true only when the transaction commits. */
+static void test_commit_flag(void **state)
+{
+    struct env *e = *state;
+    bool flag = false;
+
+    exec_ok(e, "CREATE TABLE cf (k TEXT PRIMARY KEY)");
+    /* committed */
+    assert_int_equal(gr_db_begin(e->c), 0);
+    gr_db__flag_commit(e->c, &flag);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO cf (k) VALUES ('a')", NULL, 0, NULL), 0);
+    assert_false(flag);
+    assert_int_equal(gr_db_commit(e->c), 0);
+    assert_true(flag);
+    assert_null(gr_db__commit_flag(e->c));
+    /* rolled back */
+    flag = false;
+    assert_int_equal(gr_db_begin(e->c), 0);
+    gr_db__flag_commit(e->c, &flag);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO cf (k) VALUES ('b')", NULL, 0, NULL), 0);
+    assert_int_equal(gr_db_rollback(e->c), 0);
+    assert_false(flag);
+    assert_null(gr_db__commit_flag(e->c));
+    /* a failed statement: the commit rolls back and fails */
+    assert_int_equal(gr_db_begin(e->c), 0);
+    gr_db__flag_commit(e->c, &flag);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO cf (k) VALUES ('a')", NULL, 0, NULL),
+                     GR_ECONFLICT);
+    assert_int_equal(gr_db_commit(e->c), GR_ECONFLICT);
+    assert_false(flag);
+    /* the next transaction does not inherit it */
+    assert_int_equal(gr_db_begin(e->c), 0);
+    assert_int_equal(gr_db_exec(e->c, "INSERT INTO cf (k) VALUES ('c')", NULL, 0, NULL), 0);
+    assert_int_equal(gr_db_commit(e->c), 0);
+    assert_false(flag);
 }
 
 /* Lock contention: SQLite waits for the busy timeout, PostgreSQL fails the later writer. */
@@ -1189,6 +1227,7 @@ static void test_pg_reconnect(void **state)
     X(test_tx)                                                                                     \
     X(test_read_committed)                                                                         \
     X(test_read_snapshot)                                                                          \
+    X(test_commit_flag)                                                                            \
     X(test_busy)                                                                                   \
     X(test_migrations)                                                                             \
     X(test_migrate_race)                                                                           \
