@@ -211,9 +211,6 @@ int cart_render(struct gr_req *req, const char *id, const char *token, json_t **
 {
     /* One snapshot: an event applied meanwhile must not show its lines with the old version. */
     struct render_read r = { .id = id };
-    struct cart_item *items;
-    struct cart c;
-    size_t n;
     long long count = 0;
     bool any_changed = false, any_unavailable = false, any_oos = false;
     json_t *arr, *body;
@@ -222,12 +219,9 @@ int cart_render(struct gr_req *req, const char *id, const char *token, json_t **
     rc = gr_req_read(req, render_read, &r);
     if (rc < 0)
         return rc;
-    c = r.c;
-    items = r.items;
-    n = r.n;
     arr = json_array();
-    for (size_t i = 0; i < n; i++) {
-        const struct cart_item *it = &items[i];
+    for (size_t i = 0; i < r.n; i++) {
+        const struct cart_item *it = &r.items[i];
         json_t *l;
 
         count += it->quantity;
@@ -251,12 +245,12 @@ int cart_render(struct gr_req *req, const char *id, const char *token, json_t **
         any_oos = any_oos || it->out_of_stock;
         json_array_append_new(arr, l);
     }
-    body =
-        json_pack("{s:s,s:o,s:s,s:o,s:o,s:o,s:o,s:I,s:I,s:s,s:s}", "id", c.id, "user_id",
-                  str_or_null(c.user_id), "status", c.status, "currency", str_or_null(c.currency),
-                  "coupon_code", str_or_null(c.coupon_code), "order_id", str_or_null(c.order_id),
-                  "items", arr, "item_count", (json_int_t)count, "version", (json_int_t)c.version,
-                  "created_at", c.created_at, "updated_at", c.updated_at);
+    body = json_pack("{s:s,s:o,s:s,s:o,s:o,s:o,s:o,s:I,s:I,s:s,s:s}", "id", r.c.id, "user_id",
+                     str_or_null(r.c.user_id), "status", r.c.status, "currency",
+                     str_or_null(r.c.currency), "coupon_code", str_or_null(r.c.coupon_code),
+                     "order_id", str_or_null(r.c.order_id), "items", arr, "item_count",
+                     (json_int_t)count, "version", (json_int_t)r.c.version, "created_at",
+                     r.c.created_at, "updated_at", r.c.updated_at);
     if (body == NULL)
         return GR_EINTERNAL;
     json_object_set_new(body, "price_changed", json_boolean(any_changed));

@@ -15,7 +15,7 @@
 const struct gr_route cart_routes[CART_NROUTES] = {
     {"POST",   C,                             carts_create,        W_JSON, NULL, NULL, 0},
     {"GET",    C "/me",                       carts_me,            GR_R_AUTH, NULL, NULL, 0},
-    {"GET",    C "/{id}",                     carts_get,           GR_R_SNAPSHOT, NULL, NULL, 0},
+    {"GET",    C "/{id}",                     carts_get,           GR_R_PUBLIC, NULL, NULL, 0},
     {"POST",   C "/{id}/items",               carts_item_add,      GR_R_JSON, NULL, NULL, 0},
     {"PATCH",  C "/{id}/items/{item_id}",     carts_item_patch,    W_JSON, NULL, NULL, 0},
     {"DELETE", C "/{id}/items/{item_id}",     carts_item_delete,   GR_R_TX, NULL, NULL, 0},

@@ -829,7 +829,6 @@ static int wait_rerun(struct gr_server *srv, struct rstate *st)
 static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem *ik,
                        struct gr_db_waiter *w)
 {
-    bool snap;
     int rc;
 
     if (req->route->flags & GR_R_TX) {
@@ -843,15 +842,7 @@ static int run_handler(struct gr_req *req, struct gr_resp *resp, struct gr_idem 
             return rc > 0 ? 0 : rc; /* 1: a stored response is replayed */
         }
     }
-    snap = (req->route->flags & (GR_R_SNAPSHOT | GR_R_TX)) == GR_R_SNAPSHOT && req->db;
-    if (snap) {
-        rc = gr_db_read_begin(req->db);
-        if (rc < 0)
-            return rc;
-    }
     rc = req->route->handler(req, resp);
-    if (snap)
-        (void)gr_db_read_end(req->db);
     if (rc == 0 && resp->status >= 400)
         rc = gr_err_from_http_status(resp->status);
     if ((req->route->flags & GR_R_TX) && gr_db_in_tx(req->db)) {

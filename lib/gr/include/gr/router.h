@@ -37,9 +37,6 @@ enum gr_route_flags {
      * create resumes a payment found under its key with a provider call: not lazy).
      */
     GR_R_IK_LAZY = 1u << 8,
-    /* Without GR_R_TX: the handler reads in one snapshot (gr_db_read_begin), for a GET that
-     * renders an object from several statements; the handler must only read. */
-    GR_R_SNAPSHOT = 1u << 9,
 };
 
 struct gr_route {
